@@ -1,0 +1,41 @@
+"""The public entry points: load models and compile them for a target."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qir.errors import OptionError
+from qir.ir.graph import Graph
+from qir.runtime.model import CompiledModel
+from qir.targets.base import CompileOptions, get_target
+
+
+def load_onnx(model: Any) -> Graph:
+    """Import an ONNX model (path, bytes or onnx.ModelProto) as a qir Graph."""
+    from qir.frontends.onnx import load_onnx as _load
+
+    return _load(model)
+
+
+def as_graph(model: Any) -> Graph:
+    """A Graph from a Graph, an ONNX path/bytes/ModelProto, or a qir .qir/.qirb file."""
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith((".qir", ".qirb")):
+        from qir.ir import serialize
+
+        return serialize.load(model)
+    return load_onnx(model)
+
+
+def compile(model: Any, target: str = "reference", *, num_threads: int = 1,
+            **options: Any) -> CompiledModel:
+    """Compile ``model`` for ``target`` and return a runnable CompiledModel."""
+    if options:
+        raise OptionError(f"unknown compile option(s): {', '.join(sorted(options))}")
+    opts = CompileOptions(num_threads=num_threads)
+    graph = as_graph(model)
+    tgt = get_target(target)
+    blob = tgt.compile(graph, opts)
+    return CompiledModel(graph, target, blob, tgt.load(blob, opts), opts)

@@ -1,0 +1,1 @@
+"""Frontends: ONNX, PyTorch, TensorFlow and TFLite models in, one typed Graph out."""
