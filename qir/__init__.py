@@ -11,7 +11,7 @@ from qir.errors import QirError
 from qir.ir.graph import Graph, Node, Value
 from qir.ir.types import DType, QuantParams, TensorType
 
-__version__ = "0.1.0"
+from qir.version import __version__
 
 __all__ = ["compile", "load_onnx", "Graph", "Node", "Value", "DType", "QuantParams", "TensorType",
            "QirError", "__version__"]
