@@ -51,7 +51,23 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
                              hint="the file is truncated or not an .onnx file") from None
     if not proto.HasField("graph"):
         raise ModelLoadError(f"{where}: not a valid ONNX model (it has no graph)")
+    _check_text(proto, where, "model")
     return proto
+
+
+def _check_text(msg, where: str, path: str) -> None:
+    """Refuse string fields that are not UTF-8 (protobuf then hands out bytes, not str)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in msg.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in values):
+                raise ModelLoadError(f"{where}: not a valid ONNX model ({path}.{field.name} is not UTF-8 text)",
+                                     hint="the file is corrupt")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in values:
+                _check_text(item, where, f"{path}.{field.name}")
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -200,7 +216,10 @@ class ConvertContext:
     def emit(self, op: str, inputs, attrs: dict[str, Any] | None = None,
              num_outputs: int | None = None) -> list[Value]:
         """Add a qir node (provenance: this ONNX node) and return its outputs."""
-        node = self.graph.add_node(op, list(inputs), attrs or {}, name=self.graph.unique_name(self.name),
+        # Node and value names share one namespace: leave the ONNX output names to the values
+        # (graph outputs must keep the model's names), and let add_node make the name unique.
+        base = f"{self.name}_{self.node.op_type}" if self.name in self.node.output else self.name
+        node = self.graph.add_node(op, list(inputs), attrs or {}, name=base,
                                    num_outputs=self.num_outputs if num_outputs is None else num_outputs,
                                    provenance=(self.name,))
         return list(node.outputs)
@@ -235,6 +254,8 @@ class Scope:
     def __init__(self, outer: "Scope | None" = None):
         self.names: dict[str, Value] = {}
         self.outer = outer
+        #: ONNX value name → the node producing it, to explain use-before-definition (cycles).
+        self.producers: dict[str, str] = {}
 
     def lookup(self, name: str, where: str) -> Value:
         scope = self
@@ -242,8 +263,19 @@ class Scope:
             if name in scope.names:
                 return scope.names[name]
             scope = scope.outer
+        producer = next((s.producers[name] for s in self._chain() if name in s.producers), None)
+        if producer is not None:
+            raise ModelLoadError(f"node {where}: input {name!r} is produced only later, by node "
+                                 f"{producer!r}: the nodes are not in topological order or form a cycle",
+                                 hint="ONNX requires topologically sorted nodes; a cycle cannot run")
         raise ModelLoadError(f"node {where}: input {name!r} is not produced by any node, input or "
                              f"initializer", hint="the model is incomplete (missing initializer?)")
+
+    def _chain(self) -> Iterator["Scope"]:
+        scope = self
+        while scope is not None:
+            yield scope
+            scope = scope.outer
 
 
 class Importer:
@@ -276,7 +308,7 @@ class Importer:
             else:
                 version = self.opsets.get(domain, 1)
             if lookup(domain, node.op_type, version) is None:
-                missing.setdefault((domain, node.op_type), []).append(node.name or node.output[0] if node.output else "?")
+                missing.setdefault((domain, node.op_type), []).append(node.name or (node.output[0] if node.output else "?"))
         if missing:
             lines = [f"  {d + '::' if d else ''}{op} ×{len(names)} (e.g. {', '.join(names[:3])})"
                      for (d, op), names in missing.items()]
@@ -302,6 +334,7 @@ class Importer:
         graph = Graph(proto.name or "main", parent=parent)
         scope = Scope(outer)
         where = f"{self.where}: graph {proto.name!r}: "
+        scope.producers = {out: node.name or out for node in proto.node for out in node.output if out}
         initializers = {t.name: t for t in proto.initializer}
         for vi in proto.input:
             if vi.name in initializers and parent is None:
@@ -345,6 +378,8 @@ class Importer:
             # Outputs are distinct, named node outputs of this graph, so that callers get the
             # model's own output names: pass inputs, constants and repeats through an identity.
             if value.producer is None or value.graph is not graph or id(value) in seen or value.name != vi.name:
+                if value.is_constant and value.name == vi.name:
+                    graph.rename(value, f"{vi.name}_const")  # leave the output name to the identity
                 node = graph.add_node("tensor.identity", [value], name=graph.unique_name(f"{vi.name}_identity"),
                                       output_names=[vi.name])
                 value = node.output

@@ -40,10 +40,10 @@ class Interpreter:
         for node in graph.nodes:
             opdef = self._ops[node.op]
             inputs = [None if v is None else env[id(v)] for v in node.inputs]
-
-            def run_sub(sub: Graph, sub_args: list[Any], _env=env) -> list[Any]:
-                return self.run_graph(sub, sub_args, _env)
-
+            run_sub = None
+            if opdef.needs_runner:  # subgraphs see this graph's values (outer scope)
+                def run_sub(sub: Graph, sub_args: list[Any], _env=env) -> list[Any]:
+                    return self.run_graph(sub, sub_args, _env)
             try:
                 results = call_kernel(opdef, node, inputs, run_sub)
             except QirError:

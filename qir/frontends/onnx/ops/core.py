@@ -17,5 +17,5 @@ def constant(ctx):
     for key, dtype in _VALUE_ATTRS.items():
         if key in ctx.attrs:
             array = np.array(ctx.attrs[key], dtype=dtype) if dtype is not None else ctx.attrs[key]
-            return [ctx.graph.add_constant(array, ctx.graph.unique_name(ctx.node.output[0]))]
+            return [ctx.graph.add_constant(array, ctx.node.output[0])]  # (add_constant makes it unique)
     raise ctx.fail("Constant has no value attribute (sparse_value is not supported)")
