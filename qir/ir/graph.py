@@ -17,6 +17,11 @@ from qir.errors import VerificationError
 from qir.ir.types import Type, TensorType, tensor_type_of
 
 
+def merge_provenance(nodes: Iterable["Node"]) -> tuple[str, ...]:
+    """The union of the nodes' provenance, in first-seen order: what a fused node carries."""
+    return tuple(dict.fromkeys(name for node in nodes for name in node.provenance))
+
+
 class Use(NamedTuple):
     """One use of a Value: ``node.inputs[index] is value``."""
 
