@@ -36,7 +36,7 @@ $(PY):
 	fi
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,torch]'
 	@touch $@
 
 install: $(STAMP)
