@@ -464,3 +464,63 @@ def string_split(x, delimiter=None, maxsplit=None):
         subs[i, :len(p)] = p
     lengths = np.array([len(p) for p in parts], dtype=np.int64).reshape(x.shape)
     return subs.reshape(tuple(x.shape) + (width,)), lengths
+
+
+# -- Shrink ----------------------------------------------------------------------------------
+
+@op("elementwise.shrink", inputs=["input"], outputs=["output"],
+    attrs={"bias": Attr("float", 0.0), "lambd": Attr("float", 0.5)}, infer=same_as(0))
+def shrink(x, bias=0.0, lambd=0.5):
+    """x + bias where x < −lambd, x − bias where x > lambd, else 0 (computed wide, returned in
+    x's dtype, so integer inputs work too)."""
+    wide = _standard(x).astype(np.float64)
+    with np.errstate(all="ignore"):
+        out = np.where(wide < -lambd, wide + bias, np.where(wide > lambd, wide - bias, 0.0))
+    return out.astype(x.dtype)
+
+
+# -- BitCast ---------------------------------------------------------------------------------
+
+#: Bit widths of the types narrower than the byte numpy stores each of their values in.
+_SUB_BYTE_BITS = {DType.INT4: 4, DType.UINT4: 4, DType.FLOAT4E2M1: 4, DType.INT2: 2, DType.UINT2: 2,
+                  DType.FLOAT6E2M3: 6, DType.FLOAT6E3M2: 6}
+
+
+def bit_width(dtype: DType) -> int:
+    """The number of bits of one value of ``dtype`` (strings have none: an error)."""
+    if dtype == DType.STRING:
+        raise ValueError("strings have no fixed bit width")
+    return _SUB_BYTE_BITS.get(dtype, dtype.numpy.itemsize * 8)
+
+
+def _verify_bit_cast(ctx: InferContext) -> None:
+    to = ctx.attrs["to"]
+    if not isinstance(ctx.input_types[0], TensorType):
+        return
+    src = ctx.dtype(0)
+    if DType.STRING in (src, to):
+        raise ctx.fail("BitCast does not take or produce strings")
+    if bit_width(src) != bit_width(to):
+        raise ctx.fail(f"BitCast needs types of one bit width: {src.value} has {bit_width(src)} bits, "
+                       f"{to.value} has {bit_width(to)}; use Cast to convert values")
+
+
+@op("elementwise.bit_cast", inputs=["input"], outputs=["output"], attrs={"to": Attr("dtype", REQUIRED)},
+    infer=_cast_infer, verify=_verify_bit_cast)
+def bit_cast(x, to):
+    """Reinterpret the bits of each value as type ``to`` of the same bit width (little endian);
+    the shape stays. Bytes cast to bool give True for any nonzero pattern."""
+    src = DType.from_numpy(x.dtype)
+    if DType.STRING in (src, to) or bit_width(src) != bit_width(to):
+        raise ValueError(f"cannot bit-cast {src.value} to {to.value}: bit widths differ or strings")
+    # (np.ascontiguousarray would turn a scalar into shape (1,); reshape keeps the rank.)
+    data = np.ascontiguousarray(x).reshape(x.shape)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    if to == DType.BOOL:
+        return data.view(np.uint8) != 0
+    if to in _SUB_BYTE_BITS:
+        # numpy keeps a sub-byte value in the low bits of its byte: keep only those bits.
+        mask = np.uint8((1 << _SUB_BYTE_BITS[to]) - 1)
+        return (data.view(np.uint8) & mask).view(to.numpy)
+    return data.view(to.numpy).copy()

@@ -1201,3 +1201,68 @@ def affine_grid(theta, size, *, align_corners=0):
     points = base.reshape(-1, base.shape[-1])
     grid = np.einsum("nij,pj->npi", theta.astype(np.float64), points)
     return grid.reshape((theta.shape[0], *size[2:], theta.shape[1])).astype(theta.dtype)
+
+
+# -- tensor_scatter (KV-cache update) ------------------------------------------------------
+
+TENSOR_SCATTER_MODES = ("linear", "circular")
+
+
+def _verify_tensor_scatter(ctx):
+    mode = ctx.attrs["mode"]
+    if mode not in TENSOR_SCATTER_MODES:
+        raise ctx.fail(f"mode must be linear or circular, got {mode!r}")
+    cache, update = ctx.shape(0), ctx.shape(1)
+    if cache is None:
+        return
+    try:
+        axis = _axis(ctx.attrs["axis"], len(cache))
+    except ValueError as exc:
+        raise ctx.fail(str(exc)) from None
+    if axis == 0:
+        raise ctx.fail("axis must not be the batch axis 0")
+    if update is None:
+        return
+    if len(update) != len(cache):
+        raise ctx.fail(f"update has rank {len(update)}, past_cache rank {len(cache)}; they must match")
+    for i, (c, u) in enumerate(zip(cache, update)):
+        if not (isinstance(c, int) and isinstance(u, int)):
+            continue
+        if (i != axis and c != u) or (i == axis and u > c):
+            raise ctx.fail(f"update shape {list(update)} does not fit past_cache shape {list(cache)} "
+                           f"(dims must match except along axis {axis}, where update's may be shorter)")
+
+
+@op("tensor.tensor_scatter", inputs=["past_cache", "update", "write_indices?"], outputs=["present_cache"],
+    attrs={"mode": Attr("str", "linear", "linear | circular"),
+           "axis": Attr("int", -2, "the sequence axis; never 0, the batch axis")},
+    infer=lambda ctx: [_t(ctx, ctx.shape(0))], verify=_verify_tensor_scatter)
+def tensor_scatter(past_cache, update, write_indices=None, *, mode="linear", axis=-2):
+    """A copy of ``past_cache`` with ``update`` written along ``axis`` at position
+    write_indices[b] (0 when omitted) of each batch entry b; in "circular" mode positions wrap
+    around the cache length (a KV-cache update)."""
+    if mode not in TENSOR_SCATTER_MODES:
+        raise ValueError(f"mode must be linear or circular, got {mode!r}")
+    axis = _axis(axis, past_cache.ndim)
+    if axis == 0:
+        raise ValueError("axis must not be the batch axis 0")
+    if update.ndim != past_cache.ndim or any(
+            (i != axis and c != u) or (i == axis and u > c)
+            for i, (c, u) in enumerate(zip(past_cache.shape, update.shape))):
+        raise ValueError(f"update shape {list(update.shape)} does not fit past_cache shape "
+                         f"{list(past_cache.shape)} along axis {axis}")
+    batch, length, steps = past_cache.shape[0], past_cache.shape[axis], update.shape[axis]
+    starts = np.zeros(batch, np.int64) if write_indices is None else np.asarray(write_indices, np.int64).reshape(-1)
+    if starts.shape[0] != batch:
+        raise ValueError(f"write_indices has {starts.shape[0]} entries for a batch of {batch}")
+    out = past_cache.copy()
+    for b in range(batch):
+        positions = starts[b] + np.arange(steps, dtype=np.int64)
+        if mode == "circular":
+            positions %= max(length, 1)
+        elif steps and (positions[0] < 0 or positions[-1] >= length):
+            raise ValueError(f"batch entry {b}: writing {steps} steps at index {int(starts[b])} "
+                             f"overruns the cache length {length} (use mode='circular' to wrap)")
+        # Move the sequence axis to the front of this entry (views), then write whole slabs.
+        np.moveaxis(out[b], axis - 1, 0)[positions] = np.moveaxis(update[b], axis - 1, 0)
+    return out

@@ -126,3 +126,17 @@ def cast(ctx):
 @converter("CastLike", qir_op="elementwise.cast_like")
 def cast_like(ctx):
     return ctx.emit("elementwise.cast_like", ctx.inputs, _cast_attrs(ctx, with_to=False))
+
+
+@converter("Shrink", qir_op="elementwise.shrink", since_version=9)
+def shrink(ctx):
+    """Shrink-9 is the only version; its attributes map one to one."""
+    return ctx.emit("elementwise.shrink", ctx.inputs, dict(ctx.attrs))
+
+
+@converter("BitCast", qir_op="elementwise.bit_cast", since_version=26)
+def bit_cast(ctx):
+    """BitCast-26: ``to`` is an ONNX type enum; it becomes a DType."""
+    if "to" not in ctx.attrs:
+        raise ctx.fail("BitCast needs the 'to' attribute")
+    return ctx.emit("elementwise.bit_cast", ctx.inputs, {"to": ctx.dtype(int(ctx.attrs["to"]))})

@@ -307,3 +307,11 @@ def grid_sample(ctx):
 
 
 simple("AffineGrid", "tensor.affine_grid", since_version=20)
+
+
+# -- tensor_scatter ------------------------------------------------------------------------
+
+@converter("TensorScatter", qir_op="tensor.tensor_scatter", since_version=24)
+def tensor_scatter(ctx):
+    # TensorScatter-24 is the only version; its axis (default -2) is made explicit and non-negative.
+    return ctx.emit("tensor.tensor_scatter", ctx.inputs, _with_axis(ctx, ctx.attrs, default=-2))
