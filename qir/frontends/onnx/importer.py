@@ -287,6 +287,10 @@ class Importer:
             self.opsets[""] = 1
         self.value_info: dict[str, Type] = {}
         self.functions = {(f.domain, f.name): f for f in proto.functions}
+        #: ONNX value names not yet given to their value: held in the graph tree's name set so
+        #: that names converters make up for internal nodes/values never take them.
+        self.reserved: set[str] = set()
+        self.top_outputs = {vi.name for vi in proto.graph.output}
 
     def run(self) -> Graph:
         self._check_supported()
@@ -332,6 +336,8 @@ class Importer:
 
     def convert_graph(self, proto: onnx.GraphProto, parent: Graph | None, outer: Scope | None) -> Graph:
         graph = Graph(proto.name or "main", parent=parent)
+        if parent is None:
+            self._reserve(proto, graph)
         scope = Scope(outer)
         where = f"{self.where}: graph {proto.name!r}: "
         scope.producers = {out: node.name or out for node in proto.node for out in node.output if out}
@@ -342,13 +348,28 @@ class Importer:
             t = to_type(vi.type, where)
             if t is None:
                 raise ModelLoadError(f"{where}input {vi.name!r} has no type")
+            self._take(graph, vi.name)
             scope.names[vi.name] = graph.add_input(vi.name, t)
         for name, tensor in initializers.items():
+            self._take(graph, name)
             scope.names[name] = graph.add_constant(to_array(tensor, where), name)
         for node in proto.node:
             self._convert_node(node, graph, scope)
         self._set_outputs(proto, graph, scope, where)
         return graph
+
+    def _reserve(self, proto: onnx.GraphProto, graph: Graph) -> None:
+        """Hold every ONNX value name of the model (subgraphs too) in ``graph``'s name set."""
+        self.reserved = set(_value_names(proto))
+        graph._names.update(self.reserved)
+
+    def _take(self, graph: Graph, name: str) -> None:
+        """Release the reserved ONNX name ``name`` for the value about to get it. The main
+        graph's output names are released only to the main graph's values, so that a subgraph
+        value of the same name cannot take them."""
+        if name in self.reserved and (graph.parent is None or name not in self.top_outputs):
+            self.reserved.discard(name)
+            graph._names.discard(name)
 
     def _convert_node(self, node: onnx.NodeProto, graph: Graph, scope: Scope) -> None:
         domain = canonical_domain(node.domain)
@@ -366,6 +387,7 @@ class Importer:
             if not name or value is None:
                 continue
             if value.producer is not None and value.graph is graph and value.name != name:
+                self._take(graph, name)
                 graph.rename(value, name)
             if name in self.value_info and value.producer is not None:
                 value.type = _refine(value.type, self.value_info[name])
@@ -380,6 +402,7 @@ class Importer:
             if value.producer is None or value.graph is not graph or id(value) in seen or value.name != vi.name:
                 if value.is_constant and value.name == vi.name:
                     graph.rename(value, f"{vi.name}_const")  # leave the output name to the identity
+                self._take(graph, vi.name)
                 node = graph.add_node("tensor.identity", [value], name=graph.unique_name(f"{vi.name}_identity"),
                                       output_names=[vi.name])
                 value = node.output
@@ -387,6 +410,19 @@ class Importer:
             value.type = _refine(value.type, declared)
             seen.add(id(value))
             graph.outputs.append(value)
+
+
+def _value_names(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every value name of ``graph`` and its subgraphs (inputs, initializers, node outputs)."""
+    yield from (vi.name for vi in graph.input)
+    yield from (t.name for t in graph.initializer)
+    yield from (vi.name for vi in graph.output)
+    for node in _walk_nodes(graph):
+        yield from (name for name in node.output if name)
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from (vi.name for vi in g.input)
+                yield from (t.name for t in g.initializer)
 
 
 def _walk_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -92,8 +92,12 @@ def _infer_loop(ctx: InferContext) -> list[Type]:
                        f"(iteration_num, cond, carried...), outputs (cond, carried..., scans...))")
     types = []
     for i in range(n_carried):
-        given = ctx.input_types[2 + i]
-        types.append(_plain(merge_types(given, outs[i].type) if given is not None else outs[i].type))
+        given, yielded = ctx.input_types[2 + i], outs[i].type
+        # ONNX types a carried output by what the body yields (LoopInferenceFunction): an
+        # optional<seq> fed in and a seq yielded (loop16_seq_none) makes a seq. Only values of
+        # the same kind merge; a kind change keeps the body's type.
+        same_kind = given is not None and yielded is not None and type(given) is type(yielded)
+        types.append(_plain(merge_types(given, yielded) if same_kind else yielded or given))
     # A carried value may change shape from one iteration to the next: keep only what agrees.
     types = [merge_types(t, _plain(body.inputs[2 + i].type)) if isinstance(t, TensorType) else t
              for i, t in enumerate(types)]

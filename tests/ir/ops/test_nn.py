@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import onnx
-from hypothesis import assume, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
@@ -369,10 +369,14 @@ def naive_pool(x, kernel, strides, pads, dilations, ceil_mode, kind, count_inclu
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1),
        st.booleans(), st.sampled_from(["max", "avg", "avg_incl"]), st.integers(4, 7), st.integers(0, 2 ** 31 - 1))
+# Dilated windows wider than the input: an empty output (floor((4 - 5) / s + 1) = 0), which the
+# windowing once failed on; hypothesis reaches this corner only now and then.
+@example(3, 1, 1, 2, 0, False, "avg_incl", 4, 0)
+@example(3, 1, 3, 2, 0, False, "max", 4, 0)
+@example(3, 1, 3, 2, 0, True, "avg", 4, 0)
 def test_pooling_matches_direct_loop(kh, kw, stride, dilation, pad, ceil_mode, kind, size, seed):
     x = np.random.default_rng(seed).standard_normal((1, 2, size, size + 1)).astype(np.float32)
     pads = (min(pad, kh - 1), min(pad, kw - 1)) * 2  # ONNX: pads smaller than the kernel
-    assume((kh - 1) * dilation < size and (kw - 1) * dilation < size + 1)  # at least one window
     common = dict(kernel_shape=(kh, kw), strides=(stride, stride), pads=pads, dilations=(dilation, dilation),
                   ceil_mode=int(ceil_mode))
     if kind == "max":
@@ -382,3 +386,17 @@ def test_pooling_matches_direct_loop(kh, kw, stride, dilation, pad, ceil_mode, k
     expected = naive_pool(x, (kh, kw), (stride, stride), pads, (dilation, dilation), ceil_mode,
                           "max" if kind == "max" else "avg", int(kind == "avg_incl"))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pool_window_wider_than_input_gives_empty_output_by_the_spec_floor():
+    # Dilated kernel 3 spans 5 cells of a 4-long axis: ONNX's formula floor((4 - 5) / 3 + 1) = 0
+    # output rows (onnx.reference agrees). onnxruntime and onnx's C++ shape inference truncate
+    # -1 / 3 to 0 and report 1 row, reading past the input; qir follows the spec text.
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 5)).astype(np.float32)
+    attrs = dict(kernel_shape=(3, 1), strides=(3, 3), dilations=(2, 2), pads=(0, 0, 0, 0))
+    assert _run("nn.max_pool", x, **attrs)[0].shape == (1, 2, 0, 2)
+    assert _run("nn.average_pool", x, **attrs).shape == (1, 2, 0, 2)
+    assert _node("nn.max_pool", f32(1, 2, 4, 5), attrs=attrs)[0] == f32(1, 2, 0, 2)
+    # In ceil mode the partial window counts: one row, the mean of the rows it covers.
+    y = _run("nn.average_pool", x, ceil_mode=1, **attrs)
+    np.testing.assert_allclose(y[:, :, 0, :], x[:, :, [0, 2], ::3].mean(axis=2), rtol=1e-6)

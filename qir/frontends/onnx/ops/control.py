@@ -127,7 +127,7 @@ def scan8(ctx):
     attrs = _scan_attrs(ctx, m)
     attrs.pop("scan_input_axes")  # Scan-8 scans axis 1, which is axis 0 once the batch is picked
     step = body.add_node("control.scan", entries, {"body": inner, **attrs},
-                         name=body.unique_name(ctx.name), num_outputs=len(inner.outputs),
+                         name=body.unique_name(f"{ctx.name}_scan"), num_outputs=len(inner.outputs),
                          provenance=(ctx.name,))
     body.outputs = [cond, *step.outputs]
     return ctx.emit("control.loop", [batch, None], {"body": body})
