@@ -112,6 +112,23 @@ _activation("nn.swish", lambda x, alpha: x * _sigmoid(np.asarray(alpha, x.dtype)
             {"alpha": Attr("float", 1.0)}, "x · sigmoid(alpha·x)")
 
 
+def _check_same_shape(ctx) -> None:
+    a, b = ctx.shape(0), ctx.shape(1)
+    if a is not None and b is not None and len(a) == len(b) and any(
+            isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a, b)):
+        raise ctx.fail(f"gate and value must have the same shape, got {list(a)} and {list(b)}")
+
+
+@op("nn.swiglu", inputs=["a", "b"], outputs=["y"], attrs={"alpha": Attr("float", 1.0)},
+    infer=same_as(0), verify=_check_same_shape)
+def swiglu(a, b, *, alpha):
+    """swish(a, alpha) · b: the gated activation of Llama-style MLPs (no broadcasting)."""
+    if a.shape != b.shape:
+        raise ValueError(f"gate and value shapes differ: {a.shape} vs {b.shape}")
+    fa, fb = _f(a), _f(b)
+    return _like(fa * _sigmoid(np.asarray(alpha, fa.dtype) * fa) * fb, a)
+
+
 def _gelu(x, approximate):
     if approximate == "tanh":
         inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)

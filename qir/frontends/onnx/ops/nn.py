@@ -42,6 +42,7 @@ for _onnx, _qir in (("Relu", "nn.relu"), ("LeakyRelu", "nn.leaky_relu"), ("Elu",
                     ("Gelu", "nn.gelu"), ("Mish", "nn.mish"), ("ThresholdedRelu", "nn.thresholded_relu"),
                     ("Swish", "nn.swish")):
     simple(_onnx, _qir, drop=_LEGACY)
+simple("SwiGLU", "nn.swiglu")
 
 
 @converter("PRelu", qir_op="nn.prelu")
