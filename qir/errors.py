@@ -50,3 +50,12 @@ class ExecutionError(QirError):
 
 class TargetError(QirError):
     """A target cannot compile or load a graph (unknown target, bad context binary)."""
+
+
+class PassError(QirError):
+    """A pass failed or left an invalid graph; names the pass and, when written, its reproducer."""
+
+    def __init__(self, message: str, *, hint: str | None = None, pass_name: str | None = None,
+                 reproducer: str | None = None, command: str | None = None):
+        super().__init__(message, hint=hint)
+        self.pass_name, self.reproducer, self.command = pass_name, reproducer, command

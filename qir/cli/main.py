@@ -21,6 +21,8 @@ COMMANDS = {
     "inspect": "qir.cli.inspect_cmd:inspect",
     "convert": "qir.cli.convert_cmd:convert",
     "run": "qir.cli.run_cmd:run",
+    "opt": "qir.cli.opt_cmd:opt",
+    "passes": "qir.cli.passes_cmd:passes",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
