@@ -64,6 +64,10 @@ class OpDef:
     doc: str = ""
     needs_runner: bool = False
     verify: Callable[["InferContext"], None] | None = None
+    #: ``decompose(node, graph) -> list[Value]``: builds the node's equivalent in standard ops
+    #: before it in ``graph`` (one Value per output); compound ops (qir/ir/ops/fused.py) have one
+    #: so that exporters and targets lacking them still work. See fused.expand_node.
+    decompose: Callable[..., list] | None = None
 
     @property
     def family(self) -> str:
@@ -115,12 +119,13 @@ def register(opdef: OpDef) -> OpDef:
 
 def op(name: str, *, inputs: Sequence[str], outputs: Sequence[str] = ("y",),
        attrs: dict[str, Attr] | None = None, infer: Callable, needs_runner: bool = False,
-       verify: Callable | None = None, doc: str | None = None) -> Callable:
+       verify: Callable | None = None, doc: str | None = None,
+       decompose: Callable | None = None) -> Callable:
     """Decorator: register the decorated function as the reference kernel of op ``name``."""
 
     def wrap(kernel: Callable) -> Callable:
         register(OpDef(name, inputs, outputs, dict(attrs or {}), kernel, infer,
-                       doc or (kernel.__doc__ or "").strip(), needs_runner, verify))
+                       doc or (kernel.__doc__ or "").strip(), needs_runner, verify, decompose))
         return kernel
 
     return wrap

@@ -9,6 +9,11 @@ default (except for ops with a function body, whose expansion by onnx.checker ig
 defaults: those get every attribute). Constants become initializers (a
 subgraph's constants: initializers of that subgraph); graph inputs and outputs keep their names,
 order and types; omitted optional inputs become ``""``; provenance goes to ``doc_string``.
+
+Ops without an ONNX equivalent but with a decomposition (``OpDef.decompose``: qir's fused ops,
+e.g. ``fused.conv`` → Conv (+ Add) + Relu/Clip) are exported as their standard equivalents: the
+exporter expands them on a copy of the graph (the caller's graph is left as it is), each
+standard node carrying the fused node's provenance.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def export_onnx(graph: Graph, opset: int | None = None, *, value_info: bool = Tr
     Ops without an ONNX mapping raise one QirError listing all of them.
     """
     _load_builtin_converters()
+    graph = _standard_ops_only(graph)
     mapping = _op_mapping(graph)
     opsets = _choose_opsets(graph, mapping, opset)
     writer = _Writer(mapping, opsets, value_info)
@@ -64,6 +70,60 @@ def _qir_version() -> str:
     from qir.version import __version__
 
     return __version__
+
+
+# -- decompositions ------------------------------------------------------------------------
+
+def _needs_expansion(node: Node) -> bool:
+    return node.op not in EXPORT_NAMES and get_op(node.op).decompose is not None
+
+
+def _standard_ops_only(graph: Graph) -> Graph:
+    """``graph``, or a copy of it with every op that has no ONNX mapping but a decomposition
+    replaced by that decomposition (again, until only mapped ops remain)."""
+    from qir.ir.opdef import has_op
+    from qir.ir.ops.fused import expand_all
+
+    if not any(has_op(n.op) and _needs_expansion(n) for n in graph.walk()):
+        return graph
+    copy = copy_graph(graph)
+    expand_all(copy, lambda n: has_op(n.op) and _needs_expansion(n))
+    return copy
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """A structural copy of ``graph`` and its subgraphs (same names, types, attributes and
+    provenance; constants share their arrays, which nobody mutates)."""
+    return _copy_into(graph, None, {})
+
+
+def _copy_into(src: Graph, parent: Graph | None, vmap: dict[int, Value]) -> Graph:
+    g = Graph(src.name, parent)
+    g.doc, g.metadata = src.doc, dict(src.metadata)
+    for v in src.inputs:
+        vmap[id(v)] = g.add_input(v.name, v.type)
+    for v in src.constants.values():
+        vmap[id(v)] = g.add_constant(v.const, v.name, v.type)
+    for node in src.nodes:
+        attrs_ = {k: _copy_attr(val, g, vmap) for k, val in node.attrs.items()}
+        new = g.add_node(node.op, [None if v is None else vmap[id(v)] for v in node.inputs], attrs_,
+                         name=node.name, output_names=[o.name for o in node.outputs],
+                         output_types=[o.type for o in node.outputs], provenance=node.provenance)
+        new.target = node.target
+        for old, out in zip(node.outputs, new.outputs):
+            vmap[id(old)] = out
+    g.outputs = [vmap[id(v)] for v in src.outputs]
+    return g
+
+
+def _copy_attr(value: Any, parent: Graph, vmap: dict[int, Value]) -> Any:
+    if isinstance(value, Graph):
+        return _copy_into(value, parent, vmap)
+    if isinstance(value, list):
+        return [_copy_attr(v, parent, vmap) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_attr(v, parent, vmap) for v in value)
+    return value
 
 
 # -- op mapping and opsets -----------------------------------------------------------------

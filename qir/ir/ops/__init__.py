@@ -7,7 +7,7 @@ linalg (matmul, gemm, einsum...), control (If/Loop/Scan, sequences, optionals), 
 
 import importlib
 
-FAMILIES = ("elementwise", "nn", "tensor", "reduce", "linalg", "control", "quant", "loss", "training", "misc")
+FAMILIES = ("elementwise", "nn", "tensor", "reduce", "linalg", "control", "quant", "loss", "training", "misc", "fused")
 
 for _family in FAMILIES:
     try:
