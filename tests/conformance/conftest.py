@@ -27,6 +27,14 @@ def _expected() -> set[str]:
     return {line for line in lines if line}
 
 
+def _reasons() -> dict[str, str]:
+    """name → the reason written after '#' on its line."""
+    if not EXPECTED.exists():
+        return {}
+    pairs = (line.partition("#") for line in EXPECTED.read_text().splitlines())
+    return {name.strip(): reason.strip() for name, _, reason in pairs if name.strip()}
+
+
 def _suite(item) -> str:
     return SUITES.get(item.cls.__name__ if item.cls else "", "other")
 
@@ -93,6 +101,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"{suite:18s} passed {c['passed']:5d} / {total:5d}   failed {c['failed']:5d}   "
                       f"skipped {c['skipped']:4d}" + (f"   newly passing {c['xpassed']}" if c["xpassed"] else ""))
     if UPDATE and not hasattr(config, "workerinput"):
-        EXPECTED.write_text("# ONNX backend cases qir does not pass yet (make conformance-update rewrites this)\n"
-                            + "".join(f"{name}\n" for name in sorted(set(_failed))))
+        reasons = _reasons()
+        EXPECTED.write_text("# ONNX backend cases qir does not pass yet, with the reason "
+                            "(make conformance-update rewrites this, keeping reasons)\n"
+                            + "".join(f"{name:55s} # {reasons.get(name, 'reason not written yet')}\n"
+                                      for name in sorted(set(_failed))))
         tr.write_line(f"wrote {len(set(_failed))} names to {EXPECTED}")
