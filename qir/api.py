@@ -29,13 +29,26 @@ def as_graph(model: Any) -> Graph:
     return load_onnx(model)
 
 
-def compile(model: Any, target: str = "reference", *, num_threads: int = 1,
-            **options: Any) -> CompiledModel:
-    """Compile ``model`` for ``target`` and return a runnable CompiledModel."""
+def compile(model: Any, target: str = "reference", *, num_threads: int = 1, opt_level: int = 3,
+            passes: Any = None, **options: Any) -> CompiledModel:
+    """Compile ``model`` for ``target`` and return a runnable CompiledModel.
+
+    The graph is optimized with the standard pipeline of ``opt_level`` (0..3), or with
+    ``passes`` (a pipeline string or list) when given; the caller's Graph is left untouched.
+    """
     if options:
         raise OptionError(f"unknown compile option(s): {', '.join(sorted(options))}")
+    if opt_level not in (0, 1, 2, 3):
+        raise OptionError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
     opts = CompileOptions(num_threads=num_threads)
     graph = as_graph(model)
+    if passes is not None or opt_level > 0:
+        from qir.ir import serialize
+        from qir.passes import PassContext, run as run_passes
+
+        if graph is model:  # never edit the caller's graph
+            graph = serialize.loads(serialize.dumps(graph))
+        graph = run_passes(graph, passes, ctx=PassContext(opt_level=opt_level))
     tgt = get_target(target)
     blob = tgt.compile(graph, opts)
     return CompiledModel(graph, target, blob, tgt.load(blob, opts), opts)

@@ -81,3 +81,29 @@ def test_interpreter_hook_sees_every_value():
     Interpreter(g, hook=lambda v, a: seen.__setitem__(v.name, a)).run({"x": np.zeros((1, 3), np.float32)})
     assert {"x", "b", "s", "y", "z"} <= set(seen)
     np.testing.assert_allclose(seen["s"], [[1, -2, 3]])
+
+
+@pytest.mark.parametrize("opt_level", [0, 1, 2, 3])
+def test_every_opt_level_gives_the_same_outputs(opt_level):
+    x = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+    want = qir.compile(symbolic_model(), opt_level=0).run({"x": x})
+    got = qir.compile(symbolic_model(), opt_level=opt_level).run({"x": x})
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_compile_leaves_the_callers_graph_alone():
+    from qir.ir.printer import print_graph
+
+    g = qir.load_onnx(symbolic_model())
+    before = print_graph(g, weights={})
+    qir.compile(g, opt_level=3, passes="canonicalize,dce")
+    assert print_graph(g, weights={}) == before
+
+
+def test_bad_opt_level_and_pipeline_are_clear_errors():
+    with pytest.raises(OptionError, match="opt_level"):
+        qir.compile(symbolic_model(), opt_level=7)
+    with pytest.raises(OptionError, match="no-such-pass"):
+        qir.compile(symbolic_model(), passes="no-such-pass")
