@@ -24,17 +24,19 @@ from qir.errors import OptionError
 from qir.passes.registry import all_passes
 
 #: Cleanup after rewrites: they leave dead nodes and constants, duplicates and folding chances.
-CLEANUP = ("canonicalize", "eliminate-noops", "fold-constants", "cse", "dce")
+#: dce runs before eliminate-noops too: a no-op such as an inference Dropout is only removable
+#: once the dead readers of its other outputs (e.g. its mask) are gone.
+CLEANUP = ("canonicalize", "dce", "eliminate-noops", "fold-constants", "cse", "dce")
 
 #: The full pipeline of each level, in order.
 PIPELINES: dict[int, tuple[str, ...]] = {
     0: (),
-    1: ("infer-shapes", "canonicalize", "eliminate-noops", "fold-constants", "fold-batchnorm",
+    1: ("infer-shapes", "canonicalize", "dce", "eliminate-noops", "fold-constants", "fold-batchnorm",
         "cse", "dce"),
-    2: ("infer-shapes", "canonicalize", "eliminate-noops", "fold-constants",
+    2: ("infer-shapes", "canonicalize", "dce", "eliminate-noops", "fold-constants",
         "recognize-layernorm", "recognize-gelu", "recognize-attention",
         "fold-pad", "matmul-add-to-gemm", "fold-batchnorm") + CLEANUP,
-    3: ("infer-shapes", "canonicalize", "eliminate-noops", "fold-constants",
+    3: ("infer-shapes", "canonicalize", "dce", "eliminate-noops", "fold-constants",
         "recognize-layernorm", "recognize-gelu", "recognize-attention",
         "fold-pad", "matmul-add-to-gemm", "fold-batchnorm", "fuse-epilogue") + CLEANUP,
 }
