@@ -227,3 +227,13 @@ def call_kernel(opdef: OpDef, node, inputs: list, run_graph=None) -> tuple:
         kwargs["run_graph"] = run_graph
     result = opdef.kernel(*inputs, **kwargs)
     return result if isinstance(result, tuple) else (result,)
+
+
+def conform(value, result: Any) -> Any:
+    """A kernel's result in the dtype its Value declares (numpy promotes where ONNX does not)."""
+    t = value.type
+    if isinstance(t, TensorType) and result is not None and not isinstance(result, list):
+        result = np.asarray(result)
+        if result.dtype != t.dtype.numpy:
+            result = result.astype(t.dtype.numpy)
+    return result

@@ -35,7 +35,7 @@ import numpy as np
 
 from qir.errors import QirError
 from qir.ir.graph import Graph, Node, Value
-from qir.ir.opdef import call_kernel, get_op
+from qir.ir.opdef import call_kernel, conform, get_op
 from qir.ir.types import DType, TensorType
 
 #: Ops whose output element i depends only on input element i (after broadcasting), so that
@@ -334,7 +334,6 @@ def _count_reused(groups: list[_Group], alignment: int) -> int:
         return 0
     off = np.array([g.offset for g in live])
     end = off + np.array([_align(g.size, alignment) for g in live])
-    s = np.array([g.start for g in live])
     e = np.array([g.end for g in live])
     count = 0
     for i, g in enumerate(live):
@@ -369,7 +368,7 @@ def run_with_plan(graph: Graph, plan: MemoryPlan, feeds: Mapping[str, Any]) -> l
     def write(v: Value, result: Any) -> None:
         b = plan.buffers.get(v.name)
         if b is None or v.graph is not graph:
-            env[id(v)] = _conform(v, result)
+            env[id(v)] = conform(v, result)
             return
         arr = np.asarray(result).astype(b.dtype.numpy, copy=False)
         arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
@@ -402,15 +401,6 @@ def _run_sub(graph: Graph, args: list, outer: dict) -> list:
         runner = (lambda sub, a, _e=env: _run_sub(sub, a, _e)) if opdef.needs_runner else None
         results = call_kernel(opdef, node, [None if v is None else env[id(v)] for v in node.inputs], runner)
         for v, r in zip(node.outputs, results):
-            env[id(v)] = _conform(v, r)
+            env[id(v)] = conform(v, r)
     return [env[id(v)] for v in graph.outputs]
 
-
-def _conform(value: Value, result: Any) -> Any:
-    """A kernel result in the dtype its value declares (as the interpreter does)."""
-    t = value.type
-    if isinstance(t, TensorType) and result is not None and not isinstance(result, list):
-        result = np.asarray(result)
-        if result.dtype != t.dtype.numpy:
-            result = result.astype(t.dtype.numpy)
-    return result

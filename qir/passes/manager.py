@@ -253,7 +253,6 @@ class TimePasses(Instrument):
                           str(t.nodes_before), str(t.nodes_after), f"{t.delta:+d}")
         runs = sum(t.runs for t in self.timings.values())
         first = next(iter(self.timings.values()), None)
-        last = next(reversed(self.timings.values()), None)
         table.add_row("[bold]total[/bold]", str(runs), f"{total * 1e3:.2f}", "100.0" if total else "-",
                       str(first.nodes_before) if first else "", "", f"{sum(t.delta for t in self.timings.values()):+d}")
         return table

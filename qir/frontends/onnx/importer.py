@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from qir.errors import ModelLoadError, QirError, UnsupportedOpError
-from qir.frontends.onnx.dtypes import from_dtype, to_dtype
+from qir.frontends.onnx.dtypes import to_dtype
 from qir.frontends.onnx.registry import canonical_domain, lookup
 from qir.ir.graph import Graph, Value
 from qir.ir.types import DType, OptionalType, SequenceType, TensorType, Type

@@ -1,17 +1,13 @@
 """The built-in op families; importing this package registers every op.
 
-One file per family: elementwise (math, comparison, logic, cast), nn (activations,
-convolution, pooling, normalization, recurrent), tensor (shape and data movement), reduce,
-linalg (matmul, gemm, einsum...), control (If/Loop/Scan, sequences, optionals), quant.
+One file per family: elementwise (math, comparison, logic, cast, strings), nn (activations,
+convolution, pooling, normalization, recurrent, attention), tensor (shape and data movement),
+reduce, linalg (matmul, gemm, einsum, signal), control (If/Loop/Scan, sequences, optionals),
+quant, loss, training (optimizer updates), misc (NMS, TF-IDF, ai.onnx.ml), fused (compound ops
+that passes create, each with a decomposition).
 """
 
-import importlib
-
-FAMILIES = ("elementwise", "nn", "tensor", "reduce", "linalg", "control", "quant", "loss", "training", "misc", "fused")
-
-for _family in FAMILIES:
-    try:
-        importlib.import_module(f"{__name__}.{_family}")
-    except ModuleNotFoundError as _exc:  # a family not written yet
-        if _exc.name != f"{__name__}.{_family}":
-            raise
+from qir.ir.ops import (  # noqa: F401  (each module registers its ops)
+    control, elementwise, linalg, loss, misc, nn, quant, reduce, tensor, training,
+)
+from qir.ir.ops import fused  # noqa: F401,E402  (last: fused ops reuse the schemas of nn.conv...)

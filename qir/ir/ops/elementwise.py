@@ -353,7 +353,6 @@ def cast_array(x: np.ndarray, to: DType, saturate: int = 1, round_mode: str = "u
         x = np.array(flat, dtype=bool if to == DType.BOOL else wide).reshape(x.shape)
         if to == DType.BOOL:
             return x
-    src = DType.from_numpy(x.dtype)
     # ml_dtypes converts its exotic types reliably only to and from the standard numpy types.
     if _is_exotic(x.dtype) and (_is_exotic(target) or not to.is_float):
         x = _standard(x)

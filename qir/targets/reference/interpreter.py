@@ -7,14 +7,13 @@ accuracy debugger captures intermediate tensors.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
-import numpy as np
 
 from qir.errors import ExecutionError, QirError
 from qir.ir.graph import Graph, Value
-from qir.ir.opdef import OpDef, call_kernel, get_op
-from qir.ir.types import TensorType
+from qir.ir.opdef import OpDef, call_kernel, conform, get_op
 
 Hook = Callable[[Value, Any], None]
 
@@ -40,10 +39,8 @@ class Interpreter:
         for node in graph.nodes:
             opdef = self._ops[node.op]
             inputs = [None if v is None else env[id(v)] for v in node.inputs]
-            run_sub = None
-            if opdef.needs_runner:  # subgraphs see this graph's values (outer scope)
-                def run_sub(sub: Graph, sub_args: list[Any], _env=env) -> list[Any]:
-                    return self.run_graph(sub, sub_args, _env)
+            # Subgraphs (If/Loop/Scan bodies) see this graph's values as their outer scope.
+            run_sub = functools.partial(self._run_subgraph, outer=env) if opdef.needs_runner else None
             try:
                 results = call_kernel(opdef, node, inputs, run_sub)
             except QirError:
@@ -54,20 +51,14 @@ class Interpreter:
                 raise ExecutionError(f"node {node.name} ({node.op}): kernel returned {len(results)} "
                                      f"values for {len(node.outputs)} outputs")
             for value, result in zip(node.outputs, results):
-                self._bind(env, value, _conform(value, result))
+                self._bind(env, value, conform(value, result))
         return [env[id(v)] for v in graph.outputs]
+
+    def _run_subgraph(self, graph: Graph, args: list[Any], outer: dict[int, Any]) -> list[Any]:
+        return self.run_graph(graph, args, outer)
 
     def _bind(self, env: dict[int, Any], value: Value, array: Any) -> None:
         env[id(value)] = array
         if self.hook is not None:
             self.hook(value, array)
 
-
-def _conform(value: Value, result: Any) -> Any:
-    """Give a kernel's array the dtype its Value declares (numpy sometimes promotes)."""
-    t = value.type
-    if isinstance(t, TensorType) and result is not None and not isinstance(result, list):
-        result = np.asarray(result)
-        if result.dtype != t.dtype.numpy:
-            result = result.astype(t.dtype.numpy)
-    return result

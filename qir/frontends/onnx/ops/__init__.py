@@ -1,10 +1,5 @@
-"""ONNX → qir converters, one module per qir op family."""
+"""ONNX → qir converters, one module per qir op family (core: Constant)."""
 
-import importlib
-
-for _family in ("core", "elementwise", "nn", "tensor", "reduce", "linalg", "control", "quant", "loss", "training", "misc"):
-    try:
-        importlib.import_module(f"{__name__}.{_family}")
-    except ModuleNotFoundError as _exc:  # a family not written yet
-        if _exc.name != f"{__name__}.{_family}":
-            raise
+from qir.frontends.onnx.ops import (  # noqa: F401  (each module registers its converters)
+    control, core, elementwise, linalg, loss, misc, nn, quant, reduce, tensor, training,
+)
