@@ -225,6 +225,11 @@ def call_kernel(opdef: OpDef, node, inputs: list, run_graph=None) -> tuple:
     kwargs = opdef.resolve_attrs(node.attrs)
     if opdef.needs_runner:
         kwargs["run_graph"] = run_graph
+    # Broadcast views (splat constants: one value, zero strides) reach kernels materialized:
+    # numpy takes other summation paths (no BLAS) for zero-stride operands, which would change
+    # the last bits against the same graph with the constant computed at run time.
+    inputs = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) and not a.flags.c_contiguous
+              and 0 in a.strides else a for a in inputs]
     result = opdef.kernel(*inputs, **kwargs)
     return result if isinstance(result, tuple) else (result,)
 
@@ -236,4 +241,10 @@ def conform(value, result: Any) -> Any:
         result = np.asarray(result)
         if result.dtype != t.dtype.numpy:
             result = result.astype(t.dtype.numpy)
+        # C order, so that a kernel's rounding never depends on how an earlier kernel laid out its
+        # result (numpy sums a contiguous axis pairwise, a strided one sequentially; BLAS paths
+        # differ too): the interpreter, planned runs (arena slots are contiguous) and rewritten
+        # graphs (a transpose is a view) then agree bit for bit.
+        if result.ndim and not result.flags.c_contiguous:
+            result = np.ascontiguousarray(result)
     return result

@@ -249,9 +249,11 @@ def cancel_transposes(graph: Graph, anchors: Iterable[str] = ()) -> bool:
                 erase_unused_constants([src])
                 changed = True
                 continue
+            inner = src.producer
             step = _compose_step(g, t, anchors)
             if step is True:
                 changed = True
+                _requeue(work, g, inner)  # it lost a reader: it may be pushable now
                 continue
             if step is not None:
                 changed = True
@@ -263,16 +265,23 @@ def cancel_transposes(graph: Graph, anchors: Iterable[str] = ()) -> bool:
                 work.append(moved)
             # a transpose whose users are transposes: let them compose with it
             elif any(use.node.op == "tensor.transpose" for use in t.output.uses):
-                for use in t.output.uses:
-                    if use.node.op == "tensor.transpose" and use.node.graph is g \
-                            and not _anchored(use.node, anchors):
-                        nxt = use.node
+                composed = False
+                for nxt in [use.node for use in t.output.uses]:
+                    if nxt.op == "tensor.transpose" and nxt.graph is g and not _anchored(nxt, anchors) \
+                            and t.graph is g and nxt.inputs[0] is t.output:
                         if _compose_step(g, nxt, anchors) is not None:
-                            changed = True
-                            if nxt.graph is g:
-                                work.append(nxt)
-                        break
+                            changed = composed = True
+                            _requeue(work, g, nxt)
+                if composed:
+                    # t lost readers (or vanished): with a single reader left it may push now
+                    _requeue(work, g, t)
     return changed
+
+
+def _requeue(work: list, graph: Graph, node: Node | None) -> None:
+    """Visit a transpose again (next) when a rewrite may have unblocked it."""
+    if node is not None and node.graph is graph and node.op == "tensor.transpose":
+        work.append(node)
 
 
 @register_pass

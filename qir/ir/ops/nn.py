@@ -152,11 +152,20 @@ def prelu(x, slope):
 
 # -- softmax family ------------------------------------------------------------------------
 
+def _sum_along(x, axis):
+    """``np.sum(x, axis, keepdims=True)`` summing each lane in the same order wherever ``axis``
+    lies in memory (numpy sums a contiguous axis pairwise, a strided one sequentially), so that
+    the kernel of a transposed input is exactly the transposed result: passes that move
+    transposes through softmax (cancel-transposes) keep outputs bit-identical."""
+    lanes = np.ascontiguousarray(np.moveaxis(x, axis, -1))
+    return np.moveaxis(np.sum(lanes, axis=-1, keepdims=True), -1, axis)
+
+
 def _softmax(x, axis):
     x = _f(x)
     m = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - np.where(np.isfinite(m), m, 0))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    return e / _sum_along(e, axis)
 
 
 @op("nn.softmax", inputs=["x"], outputs=["y"], attrs={"axis": Attr("int", -1)}, infer=same_as(0))
@@ -171,7 +180,7 @@ def log_softmax(x, *, axis):
     xf = _f(x)
     m = np.max(xf, axis=axis, keepdims=True)
     shifted = xf - np.where(np.isfinite(m), m, 0)
-    return _like(shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True)), x)
+    return _like(shifted - np.log(_sum_along(np.exp(shifted), axis)), x)
 
 
 @op("nn.hardmax", inputs=["x"], outputs=["y"], attrs={"axis": Attr("int", -1)}, infer=same_as(0))
