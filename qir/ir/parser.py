@@ -18,7 +18,7 @@ import numpy as np
 
 from qir.errors import IRParseError, QirError
 from qir.ir.graph import Graph, Value
-from qir.ir.printer import UINT_BY_SIZE, format_type, nan_bits
+from qir.ir.printer import UINT_BY_SIZE, format_type, nan_bits, splat
 from qir.ir.types import DType, OptionalType, QuantParams, SequenceType, TensorType, Type
 
 _STRING = r'"(?:[^"\\\n]|\\.)*"'
@@ -344,6 +344,13 @@ class _Parser:
             raise self.error(f"{what}: negative dim in shape {list(shape)}", head)
         if self.peek.kind == "digest":
             return self.weight(self.next(), dtype, shape, what)
+        if self.keyword("splat"):  # one element broadcast to the shape: a zero-stride view
+            start = self.peek
+            leaves: list[_Token] = []
+            self.payload(leaves, dtype)
+            if start.kind == "[" or len(leaves) != (2 if dtype in _COMPLEX else 1):
+                raise self.error(f"{what}: a splat is written with one bare scalar", start)
+            return splat(self.make_array(leaves, dtype, (), what), dtype.numpy, shape)
         start = self.peek
         leaves: list[_Token] = []
         self.payload(leaves, dtype)

@@ -5,6 +5,7 @@ The syntax is documented in docs/ir-text-format.md. In brief::
     graph @main(%x: f32[N,3]) -> (%y: f32[N,3]) {
       %w = const f32[3,3] #sha256:4f2a…          // large: shape + digest (weights kept aside)
       %b = const f32[3] [0.5, -1.0, inf]         // small: inline, exact
+      %z = const f32[64,3] splat 0.01             // one value broadcast (a zero-stride view)
       %m = linalg.matmul(%x, %w) : f32[N,3] @mm
       %y = elementwise.add(%m, %b) : f32[N,3] @add from ["Add_0"]
       return %y
@@ -163,6 +164,34 @@ def format_payload(array: np.ndarray, dtype: DType) -> str:
     return "[" + ", ".join(texts) + "]"
 
 
+# -- splats --------------------------------------------------------------------------------
+
+def is_splat(array) -> bool:
+    """Whether ``array`` is a splat: one value broadcast to a shape of several elements.
+
+    Only zero-stride views count (what ``np.broadcast_to`` and :func:`splat` give): telling them
+    is free, whereas scanning a materialized array for equal elements is not.
+    """
+    return (isinstance(array, np.ndarray) and array.size > 1 and array.dtype != object
+            and all(s == 0 for s in array.strides))
+
+
+def splat(value, dtype, shape) -> np.ndarray:
+    """``value`` broadcast to ``shape`` as a read-only view: a tensor that costs no memory."""
+    return np.broadcast_to(np.asarray(value, dtype=dtype), tuple(int(d) for d in shape))
+
+
+def splat_value(array: np.ndarray) -> np.ndarray:
+    """The single element of a splat (a 0-d array of its dtype)."""
+    # (slicing, not reshape(-1): that would copy the whole broadcast)
+    return np.array(array[(slice(0, 1),) * array.ndim]).reshape(())
+
+
+def materialized_size(array) -> int:
+    """Elements ``array`` really stores: 1 for a splat, else its size."""
+    return 1 if is_splat(array) else int(np.asarray(array).size)
+
+
 # -- weights -------------------------------------------------------------------------------
 
 def encode_strings(array: np.ndarray) -> np.ndarray:
@@ -294,6 +323,8 @@ class _Printer:
         except QirError as exc:
             raise QirError(f"cannot print {what}: {exc.message}") from None
         head = f"{dtype.value}[{','.join(str(d) for d in array.shape)}]"
+        if is_splat(array):  # one value broadcast: no weights entry, whatever its size
+            return f"{head} splat {format_payload(splat_value(array), dtype)}"
         if self.inline_limit is not None and array.size > self.inline_limit:
             digest, stored = weight_entry(array)
             if self.weights is not None:

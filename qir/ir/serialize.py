@@ -8,7 +8,8 @@ Binary (``dumps``/``loads``, ``.qirb`` files), little-endian::
                  32-byte sha256 digest | u64 length | zero padding to a 64-byte boundary | bytes
 
 The text is ``print_graph``'s; constants too large to print inline are referenced there by the
-sha256 digest of their bytes and stored once each in the weights table. Text files (``.qir``)
+sha256 digest of their bytes and stored once each in the weights table (splats, one value
+broadcast to a shape, are written in the text as ``splat <value>`` and never stored). Text files (``.qir``)
 keep that table in ``<file>.weights.npz`` beside them (numeric arrays as themselves, other
 dtypes and strings as uint8 bytes; nothing pickled), written only when there are such weights.
 

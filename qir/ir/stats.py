@@ -3,6 +3,8 @@
 Counting rules:
 
 * Parameters are the graph's constants (subgraphs included): their element count and bytes.
+  A splat constant (one value broadcast, a zero-stride view: :func:`qir.ir.printer.splat`) counts
+  at its logical size, like the weights it stands for, though it holds one element in memory.
 * A multiply-accumulate op (conv, conv_transpose, matmul, gemm and their integer/quantized forms)
   has a rule in :data:`MAC_RULES` giving its MACs from the types of its inputs and outputs; its
   FLOPs are 2 × MACs, plus one per output element when it adds a bias.

@@ -15,6 +15,7 @@ import numpy as np
 
 from qir.ir.graph import Graph, Node, Value, merge_provenance
 from qir.ir.opdef import REQUIRED, get_op, has_op
+from qir.ir.printer import is_splat, splat_value
 from qir.ir.ops.tensor import slice_bounds
 from qir.ir.types import DType, TensorType
 from qir.passes.registry import Pass, register_pass
@@ -209,6 +210,9 @@ def _hashable(value: Any) -> Any:
 
 
 def _array_key(array: np.ndarray) -> tuple:
+    if is_splat(array):  # one value broadcast: compare the value, never hash the logical size
+        one = splat_value(array)
+        return (str(array.dtype), array.shape, "splat", one.tobytes())
     if array.dtype == object:
         data = hashlib.sha256(repr(array.reshape(-1).tolist()).encode()).hexdigest()
     else:

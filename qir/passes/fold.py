@@ -3,8 +3,11 @@
 A node whose inputs are all constants is evaluated with its op's own reference kernel and replaced
 by constants, unless the result would be too big (``max-size`` elements) or much bigger than its
 inputs (``max-growth``: Expand, Tile, ConstantOfShape and Range of a large shape stay nodes, so
-that weights do not balloon). Shape computations whose values are all known (``Shape`` of a
-static tensor, ``Gather`` of a static dim of a partly symbolic shape...) become constants too,
+that weights do not balloon; both caps count materialized elements). A result that is one value
+broadcast (ConstantOfShape, Expand/Reshape/Transpose... of a one-element constant, elementwise ops
+of such) becomes a splat constant, a zero-stride view that costs no memory, whatever its size.
+Shape computations whose values are all known (``Shape`` of a static tensor, ``Gather`` of a
+static dim of a partly symbolic shape...) become constants too,
 found by the symbolic evaluator of ``infer-shapes``. An If whose condition is a constant is
 replaced by the nodes of the branch it takes (``inline-if``). Random ops, dropout in training mode
 and other nodes with subgraphs (Loop, Scan) are never folded. Constants carry no provenance.
@@ -14,11 +17,14 @@ Options: ``fold-constants{max-size=1000000,max-growth=4.0,fold-shapes=true,inlin
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import numpy as np
 
 from qir.ir.graph import Graph, Node, Value
 from qir.ir.opdef import call_kernel, get_op
+from qir.ir.printer import is_splat, materialized_size, splat
 from qir.ir.types import DType, TensorType, tensor_type_of
 from qir.passes.cleanup import OutputIndex, erase_dead, has_side_effects, replace_value
 from qir.passes.registry import Pass, register_pass
@@ -68,6 +74,8 @@ class Folder:
             # tensor just became a constant): refine its types as infer-shapes would.
             refine_node(node, sym)
             sym.visit(node)
+            if self._fold_splat(graph, node):
+                continue
             if self._foldable(node):
                 self._fold(graph, node)
             elif self.fold_shapes:
@@ -130,7 +138,9 @@ class Folder:
         opdef = get_op(node.op)
         if opdef.needs_runner or not all(isinstance(v.type, TensorType) for v in node.outputs):
             return False
-        in_size = sum(int(v.const.size) for v in node.inputs if v is not None)
+        if any(v is not None and is_splat(v.const) and v.const.size > self.max_size for v in node.inputs):
+            return False  # its kernel would get the splat materialized (qir.ir.opdef.call_kernel)
+        in_size = sum(materialized_size(v.const) for v in node.inputs if v is not None)
         for v in node.outputs:
             n = _elements(v.type)
             if n is not None and not self._small_enough(n, in_size):
@@ -152,7 +162,7 @@ class Folder:
             return  # the node fails at run time; folding must not hide or move the error
         if len(results) < len(node.outputs):
             return
-        in_size = sum(int(a.size) for a in inputs if a is not None)
+        in_size = sum(materialized_size(a) for a in inputs if a is not None)
         arrays = []
         for value, result in zip(node.outputs, results):
             if not isinstance(result, np.ndarray) and not np.isscalar(result):
@@ -160,6 +170,11 @@ class Folder:
             array = np.asarray(result)
             if array.dtype != value.type.dtype.numpy:
                 array = array.astype(value.type.dtype.numpy)
+            if array.ndim and not array.flags.c_contiguous:
+                # C order like every value the interpreter computes (qir.ir.opdef.conform): a
+                # strided view (a folded transpose) would be summed, or multiplied by BLAS, in
+                # another order than the unfolded value was, changing the last bit downstream
+                array = np.ascontiguousarray(array)
             if not self._small_enough(int(array.size), in_size):
                 return
             if value.type.shape is not None and (len(value.type.shape) != array.ndim or any(
@@ -167,6 +182,41 @@ class Folder:
                 return  # the kernel disagrees with the declared type: leave it to run time
             arrays.append(array)
         self._replace(graph, node, arrays)
+
+    def _fold_splat(self, graph: Graph, node: Node) -> bool:
+        """Fold a node whose result is one value broadcast into a splat constant.
+
+        ConstantOfShape, Expand (and reshapes, transposes, tiles, slices...) of a one-element or
+        splat constant, and elementwise ops of such constants. A splat (a zero-stride view) costs
+        no memory, so neither size cap applies. True when the node was replaced.
+        """
+        if len(node.outputs) != 1 or has_side_effects(node) or node.subgraphs():
+            return False
+        if any(v is not None and v.const is None for v in node.inputs):
+            return False
+        out = node.outputs[0]
+        if not isinstance(out.type, TensorType) or out.type.dtype is DType.STRING:
+            return False
+        rule = _SPLAT_OPS.get(node.op)
+        if rule is None and node.op.startswith("elementwise."):
+            rule = _pointwise_splat
+        if rule is None:
+            return False
+        try:
+            with np.errstate(all="ignore"):
+                fill, shape = rule(node)
+        except Exception:
+            return False  # a bad node fails at run time; folding must not hide or move the error
+        if fill is None or shape is None or np.asarray(fill).size != 1 or math.prod(shape) <= 1:
+            return False  # (one element: nothing to save, the ordinary fold makes a plain array)
+        if out.type.shape is not None and (len(out.type.shape) != len(shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(out.type.shape, shape))):
+            return False  # the declared type disagrees: leave it to run time
+        value = np.asarray(fill).reshape(())
+        if value.dtype != out.type.dtype.numpy:
+            value = value.astype(out.type.dtype.numpy)
+        self._replace(graph, node, [splat(value, value.dtype, shape)])
+        return True
 
     def _fold_shape(self, graph: Graph, node: Node, sym: SymbolicShapes) -> None:
         """Replace a shape computation whose value is fully known by a constant."""
@@ -209,6 +259,58 @@ class Folder:
             if erase_dead(node.graph, node, outs):
                 _drop_unused_constants(inputs, outs)
                 stack.extend(v.producer for v in inputs if v.producer is not None)
+
+
+def _shape_ints(value: Value) -> tuple[int, ...]:
+    return tuple(int(d) for d in np.asarray(value.const).reshape(-1))
+
+
+def _one(array: np.ndarray) -> np.ndarray | None:
+    """The first element of a one-element or splat array, keeping its rank; None for others."""
+    if materialized_size(array) != 1 or array.dtype == object:
+        return None
+    return np.array(array[(slice(0, 1),) * array.ndim])  # (reshape(-1) would copy a splat)
+
+
+def _static_shape(value: Value) -> tuple[int, ...] | None:
+    t = value.type
+    return tuple(t.shape) if isinstance(t, TensorType) and t.is_static else None
+
+
+def _constant_of_shape_splat(node: Node):
+    fill = node.attrs.get("value")
+    fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill)
+    shape = _shape_ints(node.inputs[0])
+    return fill, (shape if all(d >= 0 for d in shape) else None)
+
+
+def _expand_splat(node: Node):
+    x = node.inputs[0].const
+    return _one(x), tuple(np.broadcast_shapes(x.shape, _shape_ints(node.inputs[1])))
+
+
+def _rearranged_splat(node: Node):
+    """Ops that only move their data input's elements: a splat in gives the same value out."""
+    return _one(node.inputs[0].const), _static_shape(node.outputs[0])
+
+
+def _pointwise_splat(node: Node):
+    """An elementwise op of one-element/splat inputs: its kernel on one element of each."""
+    if any(v is None for v in node.inputs):
+        return None, None
+    consts = [v.const for v in node.inputs]
+    ones = [_one(c) for c in consts]
+    if any(o is None for o in ones) or not any(is_splat(c) for c in consts):
+        return None, None  # (plain small inputs: the ordinary fold)
+    results = call_kernel(get_op(node.op), node, ones)
+    return np.asarray(results[0]), tuple(np.broadcast_shapes(*(c.shape for c in consts)))
+
+
+#: Ops whose result is one value broadcast when their data is: op → node → (fill, shape).
+_SPLAT_OPS = {"tensor.constant_of_shape": _constant_of_shape_splat, "tensor.expand": _expand_splat,
+              **dict.fromkeys(("tensor.identity", "tensor.reshape", "tensor.transpose", "tensor.squeeze",
+                               "tensor.unsqueeze", "tensor.flatten", "tensor.tile", "tensor.slice"),
+                              _rearranged_splat)}
 
 
 def _constant_for(graph: Graph, value: Value, array: np.ndarray) -> Value:

@@ -23,7 +23,7 @@ from qir.errors import IRParseError, ModelLoadError, QirError
 from qir.ir import serialize
 from qir.ir.graph import Graph
 from qir.ir.parser import parse_graph
-from qir.ir.printer import format_type, print_graph
+from qir.ir.printer import format_type, is_splat, print_graph, splat
 from qir.ir.types import DType, OptionalType, QuantParams, SequenceType, TensorType
 from qir.ir.verifier import verify
 
@@ -260,6 +260,50 @@ def test_every_dtype_roundtrips_exactly(dtype):
         assert same_array(parsed.nodes[0].attrs["t"], values.reshape(-1, 1))
         assert parsed.nodes[0].attrs["dt"] is dtype
         assert parsed.inputs[0].type == TensorType(dtype, ("N", "?", 3))
+
+
+@pytest.mark.parametrize("dtype", [d for d in DType if d is not DType.STRING], ids=lambda d: d.value)
+def test_splats_roundtrip_exactly(dtype, tmp_path):
+    """A broadcast view prints as ``splat <value>`` (exact bits, NaN payloads too) and reads back
+    as a broadcast view, in text, .qirb and .qir (no weights stored, so no sidecar)."""
+    values = _interesting(dtype)
+    g = Graph("splats")
+    for i in range(len(values)):
+        g.add_constant(splat(values[i], values.dtype, (3000, 1000)), f"s{i}")
+    g.add_node("test.op", [], {"t": splat(values[0], values.dtype, (2, 5))}, name="op", output_types=[])
+    weights: dict = {}
+    text = print_graph(g, weights)
+    assert not weights and text.count(" splat ") == len(values) + 1
+    assert "tensor " + dtype.value + "[2,5] splat " in text
+    parsed = roundtrip(g, check_verify=False)
+    for i in range(len(values)):
+        a, b = parsed.constants[f"s{i}"].const, g.constants[f"s{i}"].const
+        assert is_splat(a) and not a.flags.writeable and a.shape == (3000, 1000) and a.dtype == b.dtype
+        assert same_array(a[:1, :2], b[:1, :2])
+    assert is_splat(parsed.nodes[0].attrs["t"])
+    assert len(serialize.dumps(g)) < 100 + len(text)  # nothing but the text
+    serialize.save(g, tmp_path / "m.qir")
+    assert sorted(os.listdir(tmp_path)) == ["m.qir"]
+    assert print_graph(serialize.load(tmp_path / "m.qir")) == text
+
+
+def test_splat_text_forms():
+    g = parse_graph("graph @g() -> (%a: f32[2,3], %b: i8[4]) {\n"
+                    "  %a = const f32[2,3] splat -0.0\n  %b = const i8[4] splat -7\n  return %a, %b\n}")
+    a, b = g.constants["a"].const, g.constants["b"].const
+    assert is_splat(a) and np.signbit(a).all() and is_splat(b) and (b == -7).all()
+    # a materialized array of equal elements prints as itself; one element is never a splat
+    assert "splat" not in print_graph(_one_const(np.zeros((4, 4), np.float32)))
+    assert "splat" not in print_graph(_one_const(splat(1.0, np.float32, (1, 1))))
+    for bad in ("f32[3] splat [1.0]", "f32[3] splat", "i8[3] splat 300", "f32[3] splat 1.0 2.0"):
+        with pytest.raises(IRParseError):
+            parse_graph(f"graph @g() -> () {{\n  %a = const {bad}\n  return\n}}")
+
+
+def _one_const(array: np.ndarray) -> Graph:
+    g = Graph("g")
+    g.add_constant(array, "c")
+    return g
 
 
 def test_float32_inline_is_exact_and_readable():

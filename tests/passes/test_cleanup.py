@@ -225,3 +225,31 @@ def test_real_models_keep_outputs_and_passes_are_fast(path):
     assert len(g.nodes) <= nodes_before
     for a, e in zip(Interpreter(g).run(feeds), expected):
         np.testing.assert_array_equal(a, e)
+
+
+def test_cse_merges_equal_splats_cheaply():
+    """Splat constants (broadcast views) dedupe by (dtype, shape, value), never by hashing
+    their logical size; a different value, shape or bit pattern (-0.0) keeps them apart."""
+    from qir.ir.graph import Graph
+    from qir.ir.printer import is_splat, splat
+    from qir.ir.types import DType, TensorType
+
+    g = Graph("g")
+    x = g.add_input("x", TensorType(DType.FLOAT32, (1000, 1000)))
+    big = (1000, 1000)
+    consts = [splat(0.5, np.float32, big), splat(0.5, np.float32, big), splat(0.25, np.float32, big),
+              splat(0.0, np.float32, big), splat(-0.0, np.float32, big), splat(0.5, np.float32, (1, 1000))]
+    outs = []
+    for i, array in enumerate(consts):
+        c = g.add_constant(array, f"c{i}")
+        outs.append(g.add_node("elementwise.add", [x, c], name=f"add{i}").outputs[0])
+    g.outputs = outs
+    feeds = {"x": np.random.RandomState(0).rand(*big).astype(np.float32)}
+    expected = Interpreter(g).run(feeds)
+    _run("cse,dce", g)
+    names = sorted(v.name for v in g.constants.values())
+    assert names == ["c0", "c2", "c3", "c4", "c5"]
+    assert all(is_splat(v.const) for v in g.constants.values())
+    assert g.nodes[0].inputs[1] is g.nodes[1].inputs[1]  # add0 and add1 read c0 now
+    for a, e in zip(Interpreter(g).run(feeds), expected):
+        np.testing.assert_array_equal(a, e)

@@ -22,6 +22,7 @@ from qir.errors import QirError
 from qir.ir.parser import parse_graph
 from qir.ir.verifier import verify
 from qir.passes import resolve_pipeline
+from qir.ir.printer import is_splat, print_graph, splat
 from qir.passes.fold import fold_constants
 from qir.targets.reference import Interpreter
 from tests.passes.helpers import (GOLDEN_DIR, PROPERTY_SETTINGS, assert_close, check_pass_preserves,
@@ -37,7 +38,8 @@ def test_golden():
     feeds = {"x": rng.rand(2, 3).astype(np.float32), "y": rng.rand(5, 3, 4).astype(np.float32)}
     g = golden(GOLDEN / "fold.qir", "fold-constants{max-size=1000},dce", feeds=feeds, rtol=0, atol=0)
     ops = [n.op for n in g.nodes]
-    assert "tensor.constant_of_shape" in ops  # 100000 elements > max-size: stays a node
+    # 100000 elements > max-size, but one value broadcast: a splat constant, which costs nothing
+    assert "tensor.constant_of_shape" not in ops and is_splat(g.outputs[2].const)
     assert "tensor.transpose" not in ops and "tensor.shape" not in ops[:1]
 
 
@@ -48,17 +50,19 @@ def _parse(text: str):
 
 
 def test_growth_cap_keeps_expand_and_tile():
-    g = _parse("""graph @g() -> (%y: f32[64,64], %z: f32[2,4]) {
-      %one = const f32[1] [1.0]
+    # (the data is not one value: a splat would fold whatever its size, see test_splats_fold)
+    data = str([float(i) for i in range(64)])
+    g = _parse(f"""graph @g() -> (%y: f32[64,64], %z: f32[256]) {{
+      %v = const f32[64] {data}
       %s = const i64[2] [64, 64]
       %r = const i64[1] [4]
-      %y = tensor.expand(%one, %s) : f32[64,64] @e
-      %z = tensor.tile(%one, %r) : f32[4] @t
+      %y = tensor.expand(%v, %s) : f32[64,64] @e
+      %z = tensor.tile(%v, %r) : f32[256] @t
       return %y, %z
-    }""".replace("%z: f32[2,4]", "%z: f32[4]"))
+    }}""")
     fold_constants(g)
     verify(g)
-    assert [n.op for n in g.nodes] == ["tensor.expand"]  # 4096 elements from 1: too much growth
+    assert [n.op for n in g.nodes] == ["tensor.expand"]  # 4096 elements from 64: too much growth
     assert g.outputs[1].name == "z" and g.outputs[1].is_constant
     fold_constants(g, max_growth=10_000)
     assert not g.nodes and [v.name for v in g.outputs] == ["y", "z"]
@@ -212,3 +216,60 @@ def test_onnx_node_tests_keep_their_outputs(constant_inputs):
             failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
     assert not failures, f"{len(failures)} of the ONNX node tests changed:\n" + "\n".join(failures)
     assert checked > 1500
+
+
+def test_splats_fold():
+    """ConstantOfShape, Expand of one value, view ops and elementwise ops of splats fold into
+    splat constants (zero-stride views) whatever the size caps; outputs are unchanged."""
+    g = _parse("""graph @g(%x: f32[4096,3]) -> (%y: f32[4096,3], %t: f32[3,4096], %m: bool[6,2048]) {
+      %shape = const i64[2] [4096, 3]
+      %one = const f32[1] [0.5]
+      %s2 = const i64[2] [3, 4096]
+      %s3 = const i64[2] [6, 2048]
+      %c = tensor.constant_of_shape(%shape) {value=tensor f32[1] [0.25]} : f32[4096,3] @cos
+      %e = tensor.expand(%one, %s2) : f32[3,4096] @e
+      %k = elementwise.mul(%c, %one) : f32[4096,3] @k
+      %y = elementwise.add(%x, %k) : f32[4096,3] @add
+      %t = tensor.transpose(%k) {perm=[1, 0]} : f32[3,4096] @tr
+      %r = tensor.reshape(%e, %s3) : f32[6,2048] @r
+      %m = elementwise.greater(%r, %one) : bool[6,2048] @gt
+      return %y, %t, %m
+    }""")
+    feeds = {"x": np.random.RandomState(0).rand(4096, 3).astype(np.float32)}
+    expected = Interpreter(g).run(feeds)
+    fold_constants(g, max_size=10, max_growth=1.0)
+    verify(g)
+    assert [n.op for n in g.nodes] == ["elementwise.add"]
+    consts = {v.name: v.const for v in g.constants.values()}
+    assert is_splat(consts["k"]) and consts["k"].shape == (4096, 3) and consts["k"][0, 0] == 0.125
+    assert is_splat(consts["t"]) and consts["t"].shape == (3, 4096)
+    assert is_splat(consts["m"]) and consts["m"].dtype == np.bool_ and not consts["m"][0, 0]
+    assert "splat 0.125" in print_graph(g)
+    for a, e in zip(Interpreter(g).run(feeds), expected):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_splat_constants_run_and_compile():
+    """A broadcast view as a constant: the interpreter, every opt level of qir.compile and a
+    matmul (which numpy computes differently for zero strides) give the materialized results."""
+    import qir
+    from qir.ir.graph import Graph
+    from qir.ir.types import DType, TensorType
+
+    def build(w):
+        g = Graph("g")
+        x = g.add_input("x", TensorType(DType.FLOAT32, (1, 64)))
+        c = g.add_constant(w, "w")
+        m = g.add_node("linalg.matmul", [x, c]).outputs[0]
+        y = g.add_node("elementwise.add", [m, g.add_constant(splat(1.5, np.float32, (1, 32)), "b")])
+        g.outputs = [y.outputs[0]]
+        return g
+
+    w = splat(np.float32(0.01), np.float32, (64, 32))
+    assert not w.flags.writeable
+    feeds = {"x": np.random.RandomState(1).rand(1, 64).astype(np.float32)}
+    expected = Interpreter(build(np.ascontiguousarray(w))).run(feeds)[0]
+    np.testing.assert_array_equal(Interpreter(build(w)).run(feeds)[0], expected)
+    for level in (0, 1, 2, 3):
+        out = qir.compile(build(w), opt_level=level).run(feeds)
+        np.testing.assert_array_equal(next(iter(out.values())), expected)
