@@ -400,3 +400,20 @@ def test_pool_window_wider_than_input_gives_empty_output_by_the_spec_floor():
     # In ceil mode the partial window counts: one row, the mean of the rows it covers.
     y = _run("nn.average_pool", x, ceil_mode=1, **attrs)
     np.testing.assert_allclose(y[:, :, 0, :], x[:, :, [0, 2], ::3].mean(axis=2), rtol=1e-6)
+
+
+def test_old_softmax_over_one_wide_dim_needs_no_reshape():
+    import onnx
+    from onnx import TensorProto, helper
+
+    import qir
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 1, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 1, 1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=1)], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 9)])
+    g = qir.load_onnx(model)
+    assert [n.op for n in g.nodes] == ["nn.softmax"] and g.nodes[0].attrs["axis"] == 1
+    data = np.random.default_rng(0).standard_normal((2, 5, 1, 1)).astype(np.float32)
+    e = np.exp(data - data.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(qir.compile(model).run({"x": data})["y"], e / e.sum(axis=1, keepdims=True), rtol=1e-6)

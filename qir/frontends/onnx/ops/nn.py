@@ -74,9 +74,14 @@ def _softmax_family(qir_op: str):
         if rank is None:
             raise ctx.fail(f"opset {ctx.opset} {ctx.node.op_type} needs the input's rank to be known")
         axis = axis % rank if rank else 0
+        shape = _shape(x)
         if axis == rank - 1:
             return ctx.emit(qir_op, [x], {"axis": axis})
-        shape = _shape(x)
+        wide = [k for k in range(axis, rank) if shape is None or shape[k] != 1]
+        if shape is not None and len(wide) <= 1:
+            # Only one dim of the flattened block is not 1 (e.g. [N,1000,1,1] at axis 1): the
+            # 2-D op is the one-axis op along that dim, with no reshapes.
+            return ctx.emit(qir_op, [x], {"axis": wide[0] if wide else rank - 1})
         if _static(shape):
             flat = [int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64))]
             x2 = ctx.emit("tensor.reshape", [x, ctx.const_ints(flat)], num_outputs=1)[0]
