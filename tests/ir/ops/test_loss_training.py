@@ -17,30 +17,10 @@ from onnx import TensorProto, helper
 
 import qir
 from qir.errors import QirError, ShapeInferenceError
-from qir.ir.graph import Graph
-from qir.ir.opdef import get_op
 from qir.ir.types import DType, TensorType
+from tests.ir.ops.optest import f32, infer_node as _node, run_kernel as _run
 
 TRAINING = "ai.onnx.preview.training"
-
-
-def _node(op, *types, attrs=None, num_outputs=None):
-    """The output types of a node of ``op`` over fresh graph inputs of ``types``."""
-    g = Graph("t")
-    inputs = [g.add_input(f"x{i}", t) for i, t in enumerate(types)]
-    node = g.add_node(op, inputs, attrs or {}, num_outputs=num_outputs)
-    return [v.type for v in node.outputs]
-
-
-def _run(op, *arrays, **attrs):
-    opdef = get_op(op)
-    full = {k: v.default for k, v in opdef.attrs.items() if not v.required}
-    full.update(attrs)
-    return opdef.kernel(*arrays, **full)
-
-
-def f32(*shape):
-    return TensorType(DType.FLOAT32, shape)
 
 
 def i64(*shape):

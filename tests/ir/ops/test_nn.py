@@ -15,27 +15,8 @@ from onnx import TensorProto, helper
 
 import qir
 from qir.ir.graph import Graph
-from qir.ir.opdef import get_op
 from qir.ir.types import DType, TensorType
-
-
-def _node(op, *types, attrs=None):
-    """The output types of a node of ``op`` over fresh graph inputs of ``types``."""
-    g = Graph("t")
-    inputs = [g.add_input(f"x{i}", t) for i, t in enumerate(types)]
-    node = g.add_node(op, inputs, attrs or {})
-    return [v.type for v in node.outputs]
-
-
-def _run(op, *arrays, **attrs):
-    opdef = get_op(op)
-    full = {k: v.default for k, v in opdef.attrs.items() if not v.required}
-    full.update(attrs)
-    return opdef.kernel(*arrays, **full)
-
-
-def f32(*shape):
-    return TensorType(DType.FLOAT32, shape)
+from tests.ir.ops.optest import f32, infer_node as _node, run_kernel as _run
 
 
 # -- shape inference -------------------------------------------------------------------------
@@ -403,11 +384,6 @@ def test_pool_window_wider_than_input_gives_empty_output_by_the_spec_floor():
 
 
 def test_old_softmax_over_one_wide_dim_needs_no_reshape():
-    import onnx
-    from onnx import TensorProto, helper
-
-    import qir
-
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 1, 1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 1, 1])
     model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=1)], "g", [x], [y]),
