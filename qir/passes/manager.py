@@ -199,7 +199,7 @@ class TimePasses(Instrument):
     """Per-pass wall time and node counts; ``table()`` / ``print()`` / ``text()`` report them.
 
     Nodes before are counted before a pass's first run, nodes after after its last run; Δ sums
-    the change of every run.
+    the change of every run. The table shows before/after only for passes that ran once.
     """
 
     def __init__(self) -> None:
@@ -248,9 +248,12 @@ class TimePasses(Instrument):
         total = self.total_seconds
         for t in self.timings.values():
             name = escape(t.name) + (" [red](failed)[/red]" if t.failed else "")
+            # Counts around several runs would include other passes' work: show only the Δ.
+            single = t.runs == 1
             table.add_row(name, str(t.runs), f"{t.seconds * 1e3:.2f}",
                           f"{100 * t.seconds / total:.1f}" if total else "-",
-                          str(t.nodes_before), str(t.nodes_after), f"{t.delta:+d}")
+                          str(t.nodes_before) if single else "·", str(t.nodes_after) if single else "·",
+                          f"{t.delta:+d}")
         runs = sum(t.runs for t in self.timings.values())
         first = next(iter(self.timings.values()), None)
         table.add_row("[bold]total[/bold]", str(runs), f"{total * 1e3:.2f}", "100.0" if total else "-",
