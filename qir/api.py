@@ -43,11 +43,10 @@ def compile(model: Any, target: str = "reference", *, num_threads: int = 1, opt_
     opts = CompileOptions(num_threads=num_threads)
     graph = as_graph(model)
     if passes is not None or opt_level > 0:
-        from qir.ir import serialize
         from qir.passes import PassContext, run as run_passes
 
         if graph is model:  # never edit the caller's graph
-            graph = serialize.loads(serialize.dumps(graph))
+            graph = graph.copy()
         graph = run_passes(graph, passes, ctx=PassContext(opt_level=opt_level))
     tgt = get_target(target)
     blob = tgt.compile(graph, opts)

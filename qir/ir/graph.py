@@ -293,6 +293,11 @@ class Graph:
         for node in self.nodes:
             yield from node.outputs
 
+    def copy(self) -> "Graph":
+        """A structural copy: names, types, attributes, provenance, targets and subgraphs.
+        Constants share their arrays with this graph (passes replace constants, never mutate them)."""
+        return _copy_into(self, None, {})
+
     def find_node(self, name: str) -> Node | None:
         return next((n for n in self.walk() if n.name == name), None)
 
@@ -303,3 +308,39 @@ class Graph:
         from qir.ir.printer import print_graph
 
         return print_graph(self)
+
+
+def _copy_into(src: Graph, parent: Graph | None, vmap: dict[int, Value]) -> Graph:
+    g = Graph(src.name, parent)
+    g.doc, g.metadata = src.doc, dict(src.metadata)
+    if parent is None:  # the same names, even those a parsed graph repeats across subgraphs
+        g._names.update(src.root._names)
+    for v in src.inputs:
+        vmap[id(v)] = _same_name(g.add_input(v.name, v.type), v.name)
+    for v in src.constants.values():
+        copy = g.add_constant(v.const, v.name, v.type)
+        g.constants[v.name] = g.constants.pop(copy.name)
+        vmap[id(v)] = _same_name(copy, v.name)
+    for node in src.nodes:
+        attrs = {k: _copy_attr(val, g, vmap) for k, val in node.attrs.items()}
+        new = g.add_node(node.op, [None if v is None else vmap[id(v)] for v in node.inputs], attrs,
+                         name=node.name, output_types=[o.type for o in node.outputs],
+                         provenance=node.provenance)
+        new.name, new.target = node.name, node.target
+        for old, out in zip(node.outputs, new.outputs):
+            vmap[id(old)] = _same_name(out, old.name)
+    g.outputs = [vmap[id(v)] for v in src.outputs]
+    return g
+
+
+def _same_name(value: Value, name: str) -> Value:
+    value.name = name
+    return value
+
+
+def _copy_attr(value: Any, parent: Graph, vmap: dict[int, Value]) -> Any:
+    if isinstance(value, Graph):
+        return _copy_into(value, parent, vmap)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_attr(v, parent, vmap) for v in value)
+    return value

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence, TextIO
 import attrs
 
 from qir.errors import OptionError, PassError, QirError, VerificationError
-from qir.ir.graph import Graph, Node, Use, Value
+from qir.ir.graph import Graph
 from qir.passes.registry import Pass, all_passes, make_pass
 
 PipelineSpec = "str | Sequence[str | tuple[str, dict] | Pass]"
@@ -517,53 +517,9 @@ def _error_class(exc: Exception) -> type[PassError]:
 
 
 def snapshot_graph(graph: Graph) -> Graph:
-    """A structural copy of ``graph`` (names, types, attributes, provenance, subgraphs) that
-    shares its constant arrays: passes replace constants rather than mutate them, so the copy
-    is cheap enough to take before every pass (no hashing, no recursion along the graph's depth).
-    """
-    return _clone(graph, None, {})
-
-
-def _clone(graph: Graph, parent: Graph | None, vmap: dict[int, Value]) -> Graph:
-    """Copy ``graph`` into a new Graph under ``parent``; ``vmap`` maps old values to new."""
-    new = Graph(graph.name, parent)
-    if parent is None:
-        new._names = set(graph.root._names)
-        new._counter = graph.root._counter  # shared: names from either stay unique
-    new.doc, new.metadata = graph.doc, dict(graph.metadata)
-    for v in graph.inputs:
-        new.inputs.append(_clone_value(v, new, vmap))
-    for name, v in graph.constants.items():
-        new.constants[name] = _clone_value(v, new, vmap, const=v.const)
-    for node in graph.nodes:
-        attrs_ = {key: _clone_attr(value, new, vmap) for key, value in node.attrs.items()}
-        copy = Node(node.op, node.name, attrs_, node.provenance, node.target)
-        copy.graph = new
-        for i, v in enumerate(node.inputs):
-            value = None if v is None else vmap[id(v)]
-            copy._inputs.append(value)
-            if value is not None:
-                value._uses.append(Use(copy, i))
-        copy.outputs = tuple(_clone_value(o, new, vmap, producer=copy) for o in node.outputs)
-        new.nodes.append(copy)
-    new.outputs = [vmap[id(v)] for v in graph.outputs]
-    return new
-
-
-def _clone_value(v: Value, graph: Graph, vmap: dict[int, Value], *, producer: Node | None = None,
-                 const: Any = None) -> Value:
-    value = Value(v.name, v.type, producer=producer, index=v.index, const=const)
-    value.graph = graph
-    vmap[id(v)] = value
-    return value
-
-
-def _clone_attr(value: Any, graph: Graph, vmap: dict[int, Value]) -> Any:
-    if isinstance(value, Graph):
-        return _clone(value, graph, vmap)
-    if isinstance(value, (list, tuple)) and any(isinstance(v, Graph) for v in value):
-        return type(value)(_clone_attr(v, graph, vmap) for v in value)
-    return value
+    """A copy of ``graph`` to keep before a pass runs (``Graph.copy``: shares the constant arrays,
+    which passes replace rather than mutate, so it is cheap enough to take before every pass)."""
+    return graph.copy()
 
 
 __all__ = ["DumpIR", "Instrument", "PassContext", "PassManager", "PassTiming", "PrintIR",

@@ -86,44 +86,9 @@ def _standard_ops_only(graph: Graph) -> Graph:
 
     if not any(has_op(n.op) and _needs_expansion(n) for n in graph.walk()):
         return graph
-    copy = copy_graph(graph)
+    copy = graph.copy()
     expand_all(copy, lambda n: has_op(n.op) and _needs_expansion(n))
     return copy
-
-
-def copy_graph(graph: Graph) -> Graph:
-    """A structural copy of ``graph`` and its subgraphs (same names, types, attributes and
-    provenance; constants share their arrays, which nobody mutates)."""
-    return _copy_into(graph, None, {})
-
-
-def _copy_into(src: Graph, parent: Graph | None, vmap: dict[int, Value]) -> Graph:
-    g = Graph(src.name, parent)
-    g.doc, g.metadata = src.doc, dict(src.metadata)
-    for v in src.inputs:
-        vmap[id(v)] = g.add_input(v.name, v.type)
-    for v in src.constants.values():
-        vmap[id(v)] = g.add_constant(v.const, v.name, v.type)
-    for node in src.nodes:
-        attrs_ = {k: _copy_attr(val, g, vmap) for k, val in node.attrs.items()}
-        new = g.add_node(node.op, [None if v is None else vmap[id(v)] for v in node.inputs], attrs_,
-                         name=node.name, output_names=[o.name for o in node.outputs],
-                         output_types=[o.type for o in node.outputs], provenance=node.provenance)
-        new.target = node.target
-        for old, out in zip(node.outputs, new.outputs):
-            vmap[id(old)] = out
-    g.outputs = [vmap[id(v)] for v in src.outputs]
-    return g
-
-
-def _copy_attr(value: Any, parent: Graph, vmap: dict[int, Value]) -> Any:
-    if isinstance(value, Graph):
-        return _copy_into(value, parent, vmap)
-    if isinstance(value, list):
-        return [_copy_attr(v, parent, vmap) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_copy_attr(v, parent, vmap) for v in value)
-    return value
 
 
 # -- op mapping and opsets -----------------------------------------------------------------
