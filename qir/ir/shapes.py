@@ -51,14 +51,28 @@ def _match(value, shape: tuple[Dim, ...], symbols: dict[str, Dim]) -> None:
     if len(shape) != len(t.shape):
         raise OptionError(f"input {value.name!r} has rank {len(t.shape)} (shape {_fmt(t.shape)}), "
                           f"but {len(shape)} dims were given: {_fmt(shape)}")
-    for axis, (old, new) in enumerate(zip(t.shape, shape)):
-        if isinstance(old, int) and old != new:
+    mismatch = first_mismatch(t.shape, shape, symbols)
+    if mismatch is not None:
+        axis, old, earlier = mismatch
+        new = shape[axis]
+        if earlier is None:
             raise OptionError(f"input {value.name!r}: dim {axis} is fixed at {old} in the model, "
                               f"cannot set it to {new} (shape {_fmt(t.shape)})")
-        if isinstance(old, str) and old != "?":
-            if symbols.setdefault(old, new) != new:
-                raise OptionError(f"input {value.name!r}: dim {axis} ({old}) set to {new}, but "
-                                  f"{old} was already set to {symbols[old]}")
+        raise OptionError(f"input {value.name!r}: dim {axis} ({old}) set to {new}, but "
+                          f"{old} was already set to {earlier}")
+
+
+def first_mismatch(declared: Sequence[Dim], shape: Sequence[Dim],
+                   symbols: dict[str, Dim]) -> tuple[int, Dim, Dim | None] | None:
+    """Match concrete ``shape`` against ``declared`` dims of the same rank, binding symbols in
+    ``symbols`` (``?`` binds nothing). The first disagreement as (axis, declared dim, the
+    symbol's earlier binding or None for a fixed dim), or None when they agree."""
+    for axis, (want, got) in enumerate(zip(declared, shape)):
+        if isinstance(want, int) and want != got:
+            return axis, want, None
+        if isinstance(want, str) and want != "?" and symbols.setdefault(want, got) != got:
+            return axis, want, symbols[want]
+    return None
 
 
 def _fmt(shape) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 
 from qir.errors import InputError
 from qir.ir.graph import Graph, Value
+from qir.ir.shapes import first_mismatch
 from qir.ir.types import Dim, DType, QuantParams, TensorType, Type
 from qir.targets.base import CompileOptions, Executable
 
@@ -97,12 +98,13 @@ def _check_one(spec: TensorSpec, value: Any, bound: dict[str, int]) -> Any:
         if array.ndim != len(t.shape):
             raise InputError(f"input {spec.name!r} must have rank {len(t.shape)} "
                              f"(shape {list(t.shape)}), got shape {list(array.shape)}")
-        for axis, (want, got) in enumerate(zip(t.shape, array.shape)):
-            if isinstance(want, int) and want != got:
+        mismatch = first_mismatch(t.shape, array.shape, bound)
+        if mismatch is not None:
+            axis, want, earlier = mismatch
+            got = array.shape[axis]
+            if earlier is None:
                 raise InputError(f"input {spec.name!r}: dim {axis} must be {want}, got {got} "
                                  f"(shape {list(array.shape)}, expected {list(t.shape)})")
-            if isinstance(want, str) and want != "?":
-                if bound.setdefault(want, got) != got:
-                    raise InputError(f"input {spec.name!r}: dim {axis} ({want}) is {got}, but "
-                                     f"another input bound {want} to {bound[want]}")
+            raise InputError(f"input {spec.name!r}: dim {axis} ({want}) is {got}, but "
+                             f"another input bound {want} to {earlier}")
     return array

@@ -40,3 +40,12 @@ def test_binding_propagates_to_outputs_and_other_inputs():
 def test_bad_dims_are_option_errors(dims, message):
     with pytest.raises(OptionError, match=message):
         bind_input_dims(two_input_graph(), dims)
+
+
+def test_first_mismatch_binds_symbols_and_names_the_axis():
+    from qir.ir.shapes import first_mismatch
+
+    symbols = {}
+    assert first_mismatch(("N", 3, "?"), (2, 3, 7), symbols) is None and symbols == {"N": 2}
+    assert first_mismatch(("N", 4), (2, 5), symbols) == (1, 4, None)
+    assert first_mismatch(("N",), (5,), symbols) == (0, "N", 2)
