@@ -127,7 +127,7 @@ def qir_o3(model_path: str | Path, timing: bool = True, reproducer: bool = True)
 
 
 def qir_outputs(graph, feeds: dict[str, np.ndarray]) -> list[Any]:
-    from qir.targets.reference import Interpreter
+    from qir.ir.interpreter import Interpreter
 
     return Interpreter(graph).run({v.name: feeds[v.name] for v in graph.inputs})
 

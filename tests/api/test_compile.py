@@ -74,7 +74,7 @@ def test_bad_options_are_clear_errors():
 
 
 def test_interpreter_hook_sees_every_value():
-    from qir.targets.reference import Interpreter
+    from qir.ir.interpreter import Interpreter
 
     g = qir.load_onnx(symbolic_model())
     seen = {}

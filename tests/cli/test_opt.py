@@ -23,7 +23,7 @@ from qir.api import as_graph
 from qir.cli.main import cli
 from qir.ir import serialize
 from qir.passes.registry import Pass, register_pass
-from qir.targets.reference.interpreter import Interpreter
+from qir.ir.interpreter import Interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "examples" / "qir-plugin-example"

@@ -21,7 +21,7 @@ from qir.ir.opdef import Attr, has_op, op
 from qir.ir.ops.infer import same_as
 from qir.ir.types import DType, OptionalType, TensorType
 from qir.ir.verifier import verify
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 
 F32 = DType.FLOAT32
 ROOT = Path(__file__).resolve().parents[2]

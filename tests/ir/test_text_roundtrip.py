@@ -563,7 +563,7 @@ def test_save_load_binary_and_errors(tmp_path):
 
 
 def test_reference_target_runs_a_loaded_graph():
-    from qir.targets.reference.interpreter import Interpreter
+    from qir.ir.interpreter import Interpreter
 
     g = digits_graph()
     x = np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 1, 8, 8)

@@ -21,7 +21,7 @@ from qir.ir.graph import Graph
 from qir.ir.printer import print_graph
 from qir.ir.types import DType, TensorType
 from qir.lowering.memory import MemoryPlan, plan_memory, run_with_plan
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 from tests.passes.helpers import PROPERTY_SETTINGS, assert_close, run_pipeline
 from tests.passes.strategies import Case, cnn_graphs, graphs
 

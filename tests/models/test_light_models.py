@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 import qir
 from qir.errors import UnsupportedOpError
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 LIGHT, REAL = DATA / "light", DATA / "real"

@@ -33,7 +33,7 @@ from qir.ir.serialize import dumps, loads
 from qir.ir.types import TensorType
 from qir.ir.verifier import verify
 from qir.passes import Pass, PassContext, PassManager, resolve_pipeline
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 
 #: Default float tolerance of the property tests (see the module docstring).
 RTOL, ATOL = 1e-4, 1e-5

@@ -15,7 +15,7 @@ from hypothesis import given
 from qir.ir.parser import parse_graph
 from qir.ir.verifier import verify
 from qir.passes import resolve_pipeline
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 from tests.passes.helpers import GOLDEN_DIR, PROPERTY_SETTINGS, check_pass_preserves, golden
 from tests.passes.strategies import graphs, shape_graphs
 

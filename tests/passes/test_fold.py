@@ -24,7 +24,7 @@ from qir.ir.verifier import verify
 from qir.passes import resolve_pipeline
 from qir.ir.printer import is_splat, print_graph, splat
 from qir.passes.fold import fold_constants
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 from tests.passes.helpers import (GOLDEN_DIR, PROPERTY_SETTINGS, assert_close, check_pass_preserves,
                                   golden)
 from tests.passes.strategies import Case, graphs

@@ -29,7 +29,7 @@ from qir.ir.ops.fused import activation_of, expand_all, expand_node
 from qir.ir.types import DType, TensorType
 from qir.ir.verifier import verify
 from qir.passes import PassContext, make_pass
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 from tests.passes.helpers import (GOLDEN_DIR, PROPERTY_SETTINGS, assert_provenance, check_pass_preserves,
                                   copy_graph, golden, random_feeds, run_graph)
 from tests.passes.strategies import cnn_graphs, elementwise_graphs, graphs

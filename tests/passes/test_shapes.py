@@ -18,7 +18,7 @@ from qir.ir.parser import parse_graph
 from qir.ir.types import TensorType
 from qir.ir.verifier import verify
 from qir.passes.shapes import infer_shapes, merge_types
-from qir.targets.reference import Interpreter
+from qir.ir.interpreter import Interpreter
 from tests.passes.helpers import GOLDEN_DIR, PROPERTY_SETTINGS, check_pass_preserves, golden
 from tests.passes.strategies import graphs, shape_graphs
 

@@ -16,7 +16,7 @@ from qir.ir.parser import parse_graph
 from qir.ir.printer import print_graph
 from qir.ir.types import DType, TensorType
 from qir.passes import PassContext, run
-from qir.targets.reference.interpreter import Interpreter
+from qir.ir.interpreter import Interpreter
 
 BEFORE = """\
 graph @g(%x: f32[1,2,4,4]) -> (%y: f32[1,2,2,2], %z: f32[1,2,4,4]) {

@@ -1,6 +1,6 @@
 """The reference target: qir's numpy interpreter behind the Target interface."""
 
-from qir.targets.reference.interpreter import Interpreter
+from qir.ir.interpreter import Interpreter
 from qir.targets.reference.target import ReferenceTarget
 
 __all__ = ["Interpreter", "ReferenceTarget"]

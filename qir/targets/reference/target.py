@@ -8,7 +8,7 @@ from qir.ir import serialize
 from qir.ir.graph import Graph, Node
 from qir.ir.opdef import has_op
 from qir.targets.base import CompileOptions, Executable, Support, Target, register_target
-from qir.targets.reference.interpreter import Hook, Interpreter
+from qir.ir.interpreter import Hook, Interpreter
 
 
 class ReferenceExecutable(Executable):

@@ -13,7 +13,7 @@ from qir.ir.opdef import get_op
 from qir.ir.ops.quant import conv_nd, expand_param
 from qir.ir.types import DType, OptionalType, SequenceType, TensorType
 from qir.ir.verifier import verify
-from qir.targets.reference.interpreter import Interpreter
+from qir.ir.interpreter import Interpreter
 
 I64, F32, BOOL = DType.INT64, DType.FLOAT32, DType.BOOL
 

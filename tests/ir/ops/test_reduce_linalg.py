@@ -18,7 +18,7 @@ from qir.ir.graph import Graph
 from qir.ir.opdef import get_op
 from qir.ir.ops.linalg import einsum_shape, matmul_shape
 from qir.ir.types import DType, TensorType
-from qir.targets.reference.interpreter import Interpreter
+from qir.ir.interpreter import Interpreter
 
 F32 = DType.FLOAT32
 

@@ -15,7 +15,7 @@ from qir.frontends.onnx import load_onnx
 from qir.ir.graph import Graph
 from qir.ir.opdef import get_op
 from qir.ir.types import DType, OptionalType, SequenceType, TensorType
-from qir.targets.reference.interpreter import Interpreter
+from qir.ir.interpreter import Interpreter
 
 F32 = DType.FLOAT32
 I64 = DType.INT64

@@ -1,4 +1,5 @@
-"""The reference interpreter: runs any Graph with the ops' own numpy kernels.
+"""The interpreter: runs any Graph with the ops' own numpy kernels (the reference target, and
+passes that must execute a graph: calibration, the accuracy debugger).
 
 It is the oracle every other target is compared with. ``hook(value, array)`` sees every value
 as it is computed (graph inputs, constants and node outputs, subgraphs included), which is how the
