@@ -11,6 +11,7 @@ from qir.errors import InputError
 from qir.ir.graph import Graph, Value
 from qir.ir.shapes import first_mismatch
 from qir.ir.types import Dim, DType, QuantParams, TensorType, Type
+from qir.passes.quantize.params import dequantize_array, quantize_array
 from qir.targets.base import CompileOptions, Executable
 
 
@@ -55,11 +56,18 @@ class CompiledModel:
         """Run on ``feeds``; returns the outputs in model order, as arrays the caller owns."""
         args = check_feeds(self.inputs, feeds)
         results = self._executable.run(args)
-        return {spec.name: _owned(r) for spec, r in zip(self.outputs, results)}
+        return {spec.name: _as_output(spec, r) for spec, r in zip(self.outputs, results)}
 
     def __repr__(self) -> str:
         return f"CompiledModel(target={self.target!r}, inputs={[s.name for s in self.inputs]}, " \
                f"outputs={[s.name for s in self.outputs]})"
+
+
+def _as_output(spec: TensorSpec, result: Any) -> Any:
+    """A result the caller owns; quantized outputs come back dequantized to float32."""
+    if spec.quant is not None and isinstance(result, np.ndarray):
+        return dequantize_array(result, spec.quant)
+    return _owned(result)
 
 
 def _owned(result: Any) -> Any:
@@ -89,6 +97,9 @@ def _check_one(spec: TensorSpec, value: Any, bound: dict[str, int]) -> Any:
     if not isinstance(t, TensorType):
         return value  # sequences and optionals pass as lists / None
     array = np.asarray(value)
+    if t.quant is not None and array.dtype.kind == "f":
+        # Quantized models take float (as QNN's net-run does): quantize with the input's params.
+        array = quantize_array(array, t.quant)
     if t.dtype == DType.STRING and array.dtype.kind in "OUS":
         array = array.astype(object)
     if array.dtype != t.dtype.numpy:

@@ -238,7 +238,7 @@ def out_size(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil_mode: boo
     return out
 
 
-class _Geometry:
+class Geometry:
     """Resolved geometry of a conv/pool node for one static input shape."""
 
     def __init__(self, spatial, kernel, strides, dilations, pads, auto_pad, ceil_mode=False):
@@ -327,7 +327,7 @@ def conv(x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads, stride
     xf, wf = x.astype(wd, copy=False), w.astype(wd, copy=False)
     n = x.ndim - 2
     kernel = list(kernel_shape) or list(w.shape[2:])
-    geo = _Geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    geo = Geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
     N, C = x.shape[:2]
     M, G = w.shape[0], int(group)
     Cg, Mg = C // G, M // G
@@ -457,7 +457,7 @@ def max_pool(x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, storage_o
     """Max over windows; ``indices`` are flat positions in x (row-major, or column-major over
     the spatial dims when storage_order=1)."""
     n = x.ndim - 2
-    geo = _Geometry(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, bool(ceil_mode))
+    geo = Geometry(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, bool(ceil_mode))
     # Narrow floats (float16, bfloat16...) compare in float32; ints and wide floats as they are.
     xw = x if x.dtype in (np.float32, np.float64) or x.dtype.kind in "iu" else _f(x)
     win = geo.windows(geo.pad(xw, _lowest(xw.dtype)))
@@ -485,7 +485,7 @@ def max_pool(x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, storage_o
     return y, (idx + nc).astype(np.int64)
 
 
-def _window_count(geo: _Geometry, include_pad: bool, dtype) -> np.ndarray:
+def window_count(geo: Geometry, include_pad: bool, dtype) -> np.ndarray:
     """How many taps of each window fall in the input (or in input + explicit pads); the
     extra end cells that ceil mode adds never count."""
     n = len(geo.spatial)
@@ -504,10 +504,10 @@ def average_pool(x, *, auto_pad, ceil_mode, count_include_pad, dilations, kernel
     cells of ceil mode never count)."""
     n = x.ndim - 2
     xf = _f(x)
-    geo = _Geometry(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, bool(ceil_mode))
+    geo = Geometry(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, bool(ceil_mode))
     win = geo.windows(geo.pad(xf, 0))
     total = win.reshape(win.shape[:2 + n] + (geo.taps,)).sum(axis=-1)
-    count = _window_count(geo, bool(count_include_pad), xf.dtype)
+    count = window_count(geo, bool(count_include_pad), xf.dtype)
     return _like(total / np.maximum(count, 1), x)
 
 
@@ -517,7 +517,7 @@ def lp_pool(x, *, auto_pad, ceil_mode, dilations, kernel_shape, p, pads, strides
     """(sum |x|^p)^(1/p) over windows (padding adds zeros)."""
     n = x.ndim - 2
     xf = _f(x)
-    geo = _Geometry(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, bool(ceil_mode))
+    geo = Geometry(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, bool(ceil_mode))
     win = geo.windows(geo.pad(np.abs(xf) ** p, 0))
     return _like(win.reshape(win.shape[:2 + n] + (geo.taps,)).sum(axis=-1) ** (1.0 / p), x)
 
