@@ -543,6 +543,12 @@ def _replace(rw: Rewriter, root: Node, old: Value, new: Value, pinned: dict) -> 
         pinned[id(new)] = (new, returning)
     else:
         graph.replace_all_uses(old, new, include_outputs=False)
+        if new.producer is not None and new.producer in rw.created and old.producer is not None:
+            # The rewrite's result keeps the source tensor's name, so encodings files, profiles
+            # and the accuracy debugger still speak the model's tensor names.
+            name = old.name
+            graph.rename(old, f"{name}_replaced")
+            graph.rename(new, name)
 
 
 def _downstream(touched: list, depth: int) -> list[Node]:
