@@ -30,11 +30,15 @@ def as_graph(model: Any) -> Graph:
 
 
 def compile(model: Any, target: str = "reference", *, num_threads: int = 1, opt_level: int = 3,
-            passes: Any = None, **options: Any) -> CompiledModel:
+            passes: Any = None, quantize: Any = None, calibration: Any = None,
+            progress: bool = False, **options: Any) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a runnable CompiledModel.
 
     The graph is optimized with the standard pipeline of ``opt_level`` (0..3), or with
     ``passes`` (a pipeline string or list) when given; the caller's Graph is left untouched.
+    ``quantize`` (``"int8"``, ``"a16w8"``, ``"fp16"``, ``"mixed"`` or a ``qir.quant.Config``)
+    quantizes the optimized graph over ``calibration`` (feed dicts, .npy/.npz files, a folder or
+    a QNN input list); the compiled model still takes and returns float.
     """
     if options:
         raise OptionError(f"unknown compile option(s): {', '.join(sorted(options))}")
@@ -48,6 +52,13 @@ def compile(model: Any, target: str = "reference", *, num_threads: int = 1, opt_
         if graph is model:  # never edit the caller's graph
             graph = graph.copy()
         graph = run_passes(graph, passes, ctx=PassContext(opt_level=opt_level))
+    if quantize is not None:
+        from qir.passes.quantize import Config, quantize as quantize_graph
+
+        graph = quantize_graph(graph, Config.of(quantize), calibration, progress=progress).graph
+    elif calibration is not None:
+        raise OptionError("calibration= is only used with quantize=...",
+                          hint='e.g. qir.compile(model, quantize="int8", calibration=feeds)')
     tgt = get_target(target)
     blob = tgt.compile(graph, opts)
     return CompiledModel(graph, target, blob, tgt.load(blob, opts), opts)
