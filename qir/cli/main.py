@@ -23,6 +23,7 @@ COMMANDS = {
     "run": "qir.cli.run_cmd:run",
     "opt": "qir.cli.opt_cmd:opt",
     "passes": "qir.cli.passes_cmd:passes",
+    "quantize": "qir.cli.quantize_cmd:quantize",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
