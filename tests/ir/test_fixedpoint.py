@@ -9,14 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from qir.ir.fixedpoint import (multiply_by_quantized_multiplier, quantize_multiplier,
                                quantize_multipliers, requantize)
-
-
-def big_int_rule(a: int, m: int, shift: int) -> int:
-    """The rule, step by step, on unbounded Python ints (floor division = arithmetic shift)."""
-    a = a * 2 ** max(-shift, 0)
-    t = (a * m + 2 ** 30) // 2 ** 31
-    right = max(shift, 0)
-    return (t + (2 ** (right - 1) if right else 0)) // 2 ** right
+from tests.fixedpoint_model import big_int_rule
 
 
 reals = st.floats(min_value=2.0 ** -70, max_value=2.0 ** 20, allow_nan=False, allow_infinity=False)

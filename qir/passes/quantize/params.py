@@ -75,9 +75,11 @@ def weight_params(w: np.ndarray, axis: int | None = 0, bitwidth: int = 8,
 
 
 def bias_params(input_scale: float, weight: QuantParams) -> QuantParams:
-    """int32 params of a bias added to the accumulator of x (scale ``input_scale``) × w."""
+    """int32 params of a 1-D bias added to the accumulator of x (scale ``input_scale``) × w:
+    per channel (axis 0 of the bias) when the weights are."""
     scale = np.asarray(weight.scale, dtype=np.float64) * float(input_scale)
-    return QuantParams(scale, np.zeros(scale.size, dtype=np.int64), 32, True, weight.axis)
+    return QuantParams(scale, np.zeros(scale.size, dtype=np.int64), 32, True,
+                       None if weight.axis is None else 0)
 
 
 def _broadcast(values, qp: QuantParams, shape) -> np.ndarray:
