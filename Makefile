@@ -1,7 +1,8 @@
 # qir: two commands from a clean clone on a fresh Debian machine (as root):
 #   make demo    convert, inspect and run the bundled digits model; print its accuracy
 #   make test    the whole test suite (pytest -n 2)
-# Also: make conformance (the ONNX backend suite, per-suite counts),
+# Also: make bench (quantization accuracy and speed against onnxruntime, same run),
+#       make conformance (the ONNX backend suite, per-suite counts),
 #       make conformance-update (rewrite tests/conformance/expected_failures.txt).
 
 SHELL := /bin/bash
@@ -17,10 +18,10 @@ DEMO   := out/demo
 JOBS   ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test conformance conformance-update clean
+.PHONY: help install demo test bench conformance conformance-update clean
 
 help:
-	@echo "make demo | test | conformance | conformance-update | install | clean"
+	@echo "make demo | test | bench | conformance | conformance-update | install | clean"
 
 # The interpreter: python3.11 if present, else python3; Debian's venv module comes with apt.
 $(PY):
@@ -36,7 +37,12 @@ $(PY):
 	fi
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,torch]'
+	$(PY) -m pip install --quiet -e '.[dev,torch,tf]'
+	@touch $@
+
+BENCH_STAMP := $(VENV)/.qir-bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,torch,tf,bench]'
 	@touch $@
 
 install: $(STAMP)
@@ -52,6 +58,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
+
+# Benchmarks print ratios against onnxruntime measured in the same run (never asserted in tests).
+bench: $(BENCH_STAMP)
+	$(PY) bench/quant_accuracy.py
 
 conformance: $(STAMP)
 	$(PY) -m pytest tests/conformance -n $(JOBS) -p no:cacheprovider $(PYTEST_ARGS)
