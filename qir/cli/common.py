@@ -14,7 +14,9 @@ import click
 from qir.errors import ModelLoadError, OptionError
 
 #: Model file suffixes qirc reads, and what they hold.
-MODEL_SUFFIXES = {".onnx": "ONNX", ".qir": "qir text", ".qirb": "qir binary"}
+MODEL_SUFFIXES = {".onnx": "ONNX", ".qir": "qir text", ".qirb": "qir binary",
+                  ".pt2": "PyTorch ExportedProgram", ".tflite": "TFLite", ".keras": "Keras",
+                  ".h5": "Keras", ".pb": "TensorFlow frozen graph"}
 
 
 class AliasedOption(click.Option):
@@ -37,9 +39,9 @@ class AliasedOption(click.Option):
 def model_argument(command: Callable) -> Callable:
     """MODEL, positional or given by QNN's ``--input_network`` / ``-i`` (hidden from --help)."""
     command = click.option("--input_network", "-i", "model_option", hidden=True,
-                           type=click.Path(dir_okay=False, path_type=Path),
+                           type=click.Path(path_type=Path),
                            help="Alias of MODEL (QNN spelling).")(command)
-    return click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))(command)
+    return click.argument("model", required=False, type=click.Path(path_type=Path))(command)
 
 
 def resolve_model(model: Path | None, model_option: Path | None) -> Path:
@@ -48,14 +50,17 @@ def resolve_model(model: Path | None, model_option: Path | None) -> Path:
         raise click.UsageError(f"MODEL given twice: {model} and --input_network {model_option}")
     path = model or model_option
     if path is None:
-        raise click.UsageError("missing MODEL (a .onnx, .qir or .qirb file)")
-    if not path.is_file():
+        raise click.UsageError("missing MODEL (a .onnx, .qir, .qirb, .pt2, .tflite, .keras or .pb "
+                               "file, or a SavedModel directory)")
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise ModelLoadError(f"{path}: a directory, but not a TensorFlow SavedModel (no saved_model.pb)")
+    if not path.exists():
         raise ModelLoadError(f"{path}: no such model file")
     return path
 
 
 def load_graph(path: Path):
-    """A Graph from a .onnx, .qir or .qirb file (qir.api.as_graph)."""
+    """A Graph from any model file qir reads (qir.api.as_graph)."""
     from qir.api import as_graph
 
     return as_graph(str(path))
