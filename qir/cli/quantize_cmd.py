@@ -134,9 +134,9 @@ def quantize(model, model_option, output, calib, preset, act_bitwidth, weight_bi
 def _debug_accuracy(calibrated, result, report_path: Path | None) -> None:
     from rich.console import Console
 
-    from qir.passes.quantize.debugger import compare
+    from qir.passes.quantize.debugger import debug_accuracy
 
-    report = compare(calibrated.graph, result.graph, calibrated.feeds[:16])
+    report = debug_accuracy(calibrated, result)
     Console().print(report.table())
     suggestion = report.suggestions()
     if suggestion:

@@ -9,10 +9,11 @@ encodings in and out, PTQ algorithms and the accuracy debugger.
 from qir.passes.quantize import equalize  # noqa: F401  (registers equalize-cross-layer)
 from qir.passes.quantize.calibrate import CalibrationTable, calibrate
 from qir.passes.quantize.config import Config
+from qir.passes.quantize.debugger import AccuracyReport, auto_mixed_precision, compare
 from qir.passes.quantize.dataset import load_calibration_set
 from qir.passes.quantize.encodings import Encodings, dump_encodings, load_encodings
 from qir.passes.quantize.pipeline import Calibrated, QuantizeResult, calibrate_graph, quantize
 
 __all__ = ["Config", "quantize", "calibrate", "calibrate_graph", "Calibrated", "QuantizeResult",
            "CalibrationTable", "load_calibration_set", "Encodings", "load_encodings",
-           "dump_encodings"]
+           "dump_encodings", "compare", "AccuracyReport", "auto_mixed_precision"]
