@@ -322,12 +322,12 @@ class AccuracyReport:
                             f"output SQNR {_fmt(self.output_sqnr_db)} dB). SQNRs in dB; drop: "
                             "lost by the op itself; impact: left by this tensor's own "
                             "quantization (@16: at 16 bits)")
-        table.add_column("tensor", overflow="fold")
-        table.add_column("op", overflow="fold")
+        table.add_column("tensor", overflow="fold", min_width=24, ratio=3)
+        table.add_column("op", overflow="fold", min_width=10, ratio=1)
         table.add_column("prec", no_wrap=True)
         for column in ("SQNR", "drop", "impact", "@16", "MSE", "cosine", "max|err|"):
             table.add_column(column, justify="right", no_wrap=True)
-        table.add_column("source", overflow="fold")
+        table.add_column("source", overflow="fold", ratio=2)
         for row in self.rows[:limit]:
             def db(x):
                 text = _fmt(x)
