@@ -317,3 +317,54 @@ def _attr_equal(a: onnx.AttributeProto, b: onnx.AttributeProto) -> bool:
     if isinstance(va, (int, bytes, list)):
         return va == vb
     return False  # tensors, graphs, types: always written
+
+
+# -- older opsets (QDQ export, issue 5) ----------------------------------------------------
+
+def with_opset(model: onnx.ModelProto, opset: int, same_since: frozenset[str] = frozenset()
+               ) -> onnx.ModelProto:
+    """``model`` declared at the older ai.onnx ``opset`` (a copy), for runtimes that do not run
+    the newest versions yet (onnxruntime and QuantizeLinear).
+
+    Every ai.onnx op must have the same schema version at ``opset`` as at the model's opset, or
+    be named in ``same_since`` by a caller that knows the later versions only added what it
+    does not use (element types, attributes left at their defaults). The result passes
+    onnx.checker's full check at ``opset``.
+    """
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if opset >= current:
+        return model
+    changed = set()
+    for node in _all_nodes(model.graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            old = onnx.defs.get_schema(node.op_type, opset).since_version
+        except onnx.defs.SchemaError:
+            raise QirError(f"node {node.name}: {node.op_type} does not exist at opset {opset}") from None
+        if old != onnx.defs.get_schema(node.op_type, current).since_version and \
+                node.op_type not in same_since:
+            changed.add(node.op_type)
+    if changed:
+        raise QirError(f"cannot declare model {model.graph.name} at opset {opset}: "
+                       f"{', '.join(sorted(changed))} changed since",
+                       hint=f"keep opset {current}")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for o in copy.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = opset
+    copy.ir_version = max(helper.find_min_ir_version_for(list(copy.opset_import), ignore_unknown=True), 4)
+    try:
+        onnx.checker.check_model(copy, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise QirError(f"model {model.graph.name} is not valid at opset {opset}: {exc}") from exc
+    return copy
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
