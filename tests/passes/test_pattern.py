@@ -10,7 +10,6 @@ algebraic patterns (tolerance: exact, rtol = atol = 0).
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -183,14 +182,18 @@ def test_patterns_apply_inside_subgraphs():
     assert [n.op for n in then.nodes] == ["nn.relu"] and then.outputs[0].name == "t"
 
 
-def test_worklist_is_fast_on_long_chains():
-    g = chain_graph(3000)
-    start = time.perf_counter()
-    result = apply_patterns(g, [RELU_RELU, NEG_NEG])
-    elapsed = time.perf_counter() - start
-    verify(g)
-    assert len(g.nodes) == 1 and result.count == 2999
-    assert elapsed < 5.0, f"{elapsed:.2f} s for a 3000-node chain"
+def test_worklist_is_linear_on_long_chains():
+    """The work (pattern attempts, counted through ``trace``) grows linearly with the chain,
+    not quadratically: a wall-clock bound would be noise on a shared machine."""
+    attempts = {}
+    for n in (1000, 3000):
+        g = chain_graph(n)
+        lines: list[str] = []
+        result = apply_patterns(g, [RELU_RELU, NEG_NEG], trace=lines.append)
+        verify(g)
+        assert len(g.nodes) == 1 and result.count == n - 1
+        attempts[n] = len(lines)
+    assert attempts[3000] <= 3.3 * attempts[1000], attempts
 
 
 def test_root_must_be_an_op_pattern():
