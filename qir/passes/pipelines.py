@@ -4,14 +4,15 @@
 - ``-O1``: cleanup: shapes, canonicalization, no-op elimination, constant folding, BatchNorm
   folded into the Conv/Gemm/MatMul before it (weights math only: the graph stays standard
   ONNX, as at onnxruntime's basic level), CSE, DCE.
-- ``-O2``: + recognition of LayerNorm, GELU and scaled-dot-product attention (standard ops again,
+- ``-O2``: + transposes composed and cancelled (``cancel-transposes``: NHWC models from
+  TensorFlow/TFLite lose the transposes between their ops), recognition of LayerNorm, GELU and scaled-dot-product attention (standard ops again,
   each with a decomposition back), Pad folded into Conv/Pool, MatMul+Add → Gemm; then cleanup.
 - ``-O3``: + epilogue fusion (bias, residual add, activation into one ``fused.conv``, a qir op
   that the ONNX export writes back as standard ops); then cleanup.
 
 Each pass sits at the level its own ``opt_level`` declares. Not here: ``fuse-conv-activation``
 (fuse-epilogue does all it does and more), the ``decompose-*`` passes (lowering for targets that
-lack an op), ``memory-report`` (a report), and the layout pass: the layout that pays (NHWC,
+lack an op), ``memory-report`` (a report), and ``convert-layout``: the layout that pays (NHWC,
 NCHWc) depends on the target, which asks for it in its own pipeline.
 
 The lists name passes that live in other modules of qir.passes; a name not registered (yet) is
@@ -34,10 +35,10 @@ PIPELINES: dict[int, tuple[str, ...]] = {
     1: ("infer-shapes", "canonicalize", "dce", "eliminate-noops", "fold-constants", "fold-batchnorm",
         "cse", "dce"),
     2: ("infer-shapes", "canonicalize", "dce", "eliminate-noops", "fold-constants",
-        "recognize-layernorm", "recognize-gelu", "recognize-attention",
+        "cancel-transposes", "recognize-layernorm", "recognize-gelu", "recognize-attention",
         "fold-pad", "matmul-add-to-gemm", "fold-batchnorm") + CLEANUP,
     3: ("infer-shapes", "canonicalize", "dce", "eliminate-noops", "fold-constants",
-        "recognize-layernorm", "recognize-gelu", "recognize-attention",
+        "cancel-transposes", "recognize-layernorm", "recognize-gelu", "recognize-attention",
         "fold-pad", "matmul-add-to-gemm", "fold-batchnorm", "fuse-epilogue") + CLEANUP,
 }
 LEVELS = PIPELINES  # the levels there are

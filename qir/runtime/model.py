@@ -11,7 +11,7 @@ from qir.errors import InputError
 from qir.ir.graph import Graph, Value
 from qir.ir.shapes import first_mismatch
 from qir.ir.types import Dim, DType, QuantParams, TensorType, Type
-from qir.passes.quantize.params import dequantize_array, quantize_array
+from qir.ir.qtensor import dequantize_array, quantize_array
 from qir.targets.base import CompileOptions, Executable
 
 

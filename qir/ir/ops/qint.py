@@ -14,9 +14,15 @@ the tensors' types (``TensorType.quant``) for people, encodings files and export
 - ``qint.add(a, b)``: both inputs rescaled to a common scale (shifted left by ``left_shift`` for
   headroom), summed, requantized (TFLite's scheme).
 - ``qint.mul(a, b)``: acc = (a − za)(b − zb).
-- ``qint.requantize(x)``: acc = x − zx (another scale / zero point / type, or a clamp).
-- ``qint.average_pool(x)`` / ``qint.mean(x)``: window / axis sums; the factor per distinct
-  element count c is ``quantize_multiplier(scale_ratio / c)``.
+- ``qint.requantize(x)``: acc = (x − zx)·2^left_shift (another scale / zero point / type, or a
+  clamp).
+- ``qint.average_pool(x)`` / ``qint.mean(x)``: window / axis sums, shifted left by
+  ``left_shift``; the factor per distinct element count c is
+  ``quantize_multiplier(scale_ratio / (c · 2^left_shift))``.
+
+``left_shift`` gives small factors headroom: the requantization rounds twice (fixed-point
+multiply, then shift), and with few shift bits the two roundings can compound to 1 LSB off;
+shifting the accumulator left first makes that rare (``qint.add``'s inputs get the same).
 - ``qint.lookup(x, table)``: y = table[x − min(x's type)]: any 8/16-bit unary function.
 
 Integer sums are computed in float64 where BLAS helps: every partial sum of products of 16-bit
@@ -179,24 +185,30 @@ def mul(a, b, *, a_zero_point, b_zero_point, multiplier, shift, y_zero_point, y_
                    output_dtype=output_dtype)
 
 
+_LEFT_SHIFT = {"left_shift": Attr("int", 0, "headroom bits the accumulator is shifted left by "
+                                            "before requantizing (the factor includes 2^-left_shift)")}
+
+
 @op("qint.requantize", inputs=["x"], outputs=["y"],
-    attrs={"x_zero_point": Attr("int", 0), **_SCALAR_REQUANT, **_OUT_ATTRS},
+    attrs={"x_zero_point": Attr("int", 0), **_LEFT_SHIFT, **_SCALAR_REQUANT, **_OUT_ATTRS},
     infer=lambda ctx: _out(ctx, ctx.shape(0)), verify=_check_int_inputs(0))
-def requantize_op(x, *, x_zero_point, multiplier, shift, y_zero_point, y_min, y_max, output_dtype):
-    """y = requant(x − zx, M) + zy, clamped: a change of scale, zero point, type or range."""
-    return _finish(x.astype(np.int64) - x_zero_point, multiplier, shift, y_zero_point=y_zero_point,
-                   y_min=y_min, y_max=y_max, output_dtype=output_dtype)
+def requantize_op(x, *, x_zero_point, left_shift, multiplier, shift, y_zero_point, y_min, y_max,
+                  output_dtype):
+    """y = requant((x − zx)·2^L, M) + zy, clamped: a change of scale, zero point, type or range."""
+    return _finish((x.astype(np.int64) - x_zero_point) << left_shift, multiplier, shift,
+                   y_zero_point=y_zero_point, y_min=y_min, y_max=y_max, output_dtype=output_dtype)
 
 
 # -- averages -------------------------------------------------------------------------------
 
-def _average(sums: np.ndarray, counts: np.ndarray, scale_ratio: float, **out) -> np.ndarray:
-    """Each sum requantized by scale_ratio / its count, one multiplier per distinct count."""
-    sums = _exact(sums)
+def _average(sums: np.ndarray, counts: np.ndarray, scale_ratio: float, left_shift: int,
+             **out) -> np.ndarray:
+    """Each sum·2^L requantized by scale_ratio / (count·2^L), one multiplier per distinct count."""
+    sums = _exact(sums) << left_shift
     counts = np.broadcast_to(np.rint(counts).astype(np.int64), sums.shape)
     y = np.empty(sums.shape, dtype=out["output_dtype"].numpy)
     for count in np.unique(counts):
-        m, s = quantize_multiplier(scale_ratio / max(int(count), 1))
+        m, s = quantize_multiplier(scale_ratio / (max(int(count), 1) * 2.0 ** left_shift))
         where = counts == count
         y[where] = _finish(sums[where], m, s, axis=0, **out)
     return y
@@ -204,12 +216,13 @@ def _average(sums: np.ndarray, counts: np.ndarray, scale_ratio: float, **out) ->
 
 _POOL = get_op("nn.average_pool")
 _AVG_ATTRS = {"x_zero_point": Attr("int", 0),
-              "scale_ratio": Attr("float", 1.0, "input scale / output scale"), **_OUT_ATTRS}
+              "scale_ratio": Attr("float", 1.0, "input scale / output scale"), **_LEFT_SHIFT,
+              **_OUT_ATTRS}
 
 
 @op("qint.average_pool", inputs=["x"], outputs=["y"], attrs={**_POOL.attrs, **_AVG_ATTRS},
     infer=lambda ctx: _out(ctx, _POOL.infer(ctx)[0].shape), verify=_check_int_inputs(0))
-def average_pool(x, *, x_zero_point, scale_ratio, y_zero_point, y_min, y_max, output_dtype,
+def average_pool(x, *, x_zero_point, scale_ratio, left_shift, y_zero_point, y_min, y_max, output_dtype,
                  auto_pad, ceil_mode, count_include_pad, dilations, kernel_shape, pads, strides):
     """Window sums of (x − zx) (padding is real zero), requantized by scale_ratio / count, with
     the counts of nn.average_pool (count_include_pad, ceil mode)."""
@@ -218,7 +231,7 @@ def average_pool(x, *, x_zero_point, scale_ratio, y_zero_point, y_min, y_max, ou
     win = geo.windows(geo.pad(_centered(x, x_zero_point), 0))
     sums = win.reshape(win.shape[:2 + n] + (geo.taps,)).sum(axis=-1)
     counts = window_count(geo, bool(count_include_pad), np.float64)
-    return _average(sums, counts, scale_ratio, y_zero_point=y_zero_point, y_min=y_min,
+    return _average(sums, counts, scale_ratio, left_shift, y_zero_point=y_zero_point, y_min=y_min,
                     y_max=y_max, output_dtype=output_dtype)
 
 
@@ -229,15 +242,15 @@ def _mean_infer(ctx: InferContext):
 @op("qint.mean", inputs=["x", "axes?"], outputs=["y"],
     attrs={"keepdims": Attr("int", 1), "noop_with_empty_axes": Attr("int", 0), **_AVG_ATTRS},
     infer=_mean_infer, verify=_check_int_inputs(0))
-def mean(x, axes=None, *, keepdims, noop_with_empty_axes, x_zero_point, scale_ratio, y_zero_point,
-         y_min, y_max, output_dtype):
+def mean(x, axes=None, *, keepdims, noop_with_empty_axes, x_zero_point, scale_ratio, left_shift,
+         y_zero_point, y_min, y_max, output_dtype):
     """Sum of (x − zx) over ``axes`` (all when absent), requantized by scale_ratio / count."""
     axes = tuple(range(x.ndim)) if axes is None or np.size(axes) == 0 else \
         tuple(int(a) % x.ndim for a in np.atleast_1d(axes))
     sums = _centered(x, x_zero_point).sum(axis=axes, keepdims=bool(keepdims))
     count = int(np.prod([x.shape[a] for a in axes]))
-    return _average(sums, np.full(sums.shape, count), scale_ratio, y_zero_point=y_zero_point,
-                    y_min=y_min, y_max=y_max, output_dtype=output_dtype)
+    return _average(sums, np.full(sums.shape, count), scale_ratio, left_shift,
+                    y_zero_point=y_zero_point, y_min=y_min, y_max=y_max, output_dtype=output_dtype)
 
 
 # -- lookup ---------------------------------------------------------------------------------

@@ -335,8 +335,15 @@ def _matmul(lw: Lowering, node: Node) -> list[Value] | None:
     return [lw.emit(node, "qint.matmul", [qa, qb, multiplier, shift, None, zb], attrs_, out_qp)]
 
 
-def _headroom(*qps: QuantParams) -> int:
+def headroom(*qps: QuantParams) -> int:
+    """qint.add's left shift: 20 bits for 8-bit operands, 14 for 16-bit (sums stay in int32)."""
     return 20 if max(q.bitwidth for q in qps) <= 8 else 14
+
+
+def headroom_shift(max_abs: int) -> int:
+    """The left shift that keeps an accumulator bounded by ``max_abs`` under 2^30: applied
+    before requantizing by a factor near 1, it keeps the two roundings as good as one."""
+    return max(0, 30 - int(max_abs).bit_length())
 
 
 @rule("elementwise.add")
@@ -344,7 +351,7 @@ def _add(lw: Lowering, node: Node) -> list[Value] | None:
     qa, qb = (lw.quantized(v) for v in node.inputs)
     pa, pb, out_qp = qa.type.quant, qb.type.quant, lw.params(node.output)
     big = 2 * max(pa.scale[0], pb.scale[0])
-    left = _headroom(pa, pb, out_qp)
+    left = headroom(pa, pb, out_qp)
     (ma, mb, m), (sa, sb, s) = quantize_multipliers(
         [pa.scale[0] / big, pb.scale[0] / big, big / (2 ** left * out_qp.scale[0])])
     attrs_ = {"a_zero_point": pa.zero_point[0], "b_zero_point": pb.zero_point[0],
@@ -368,12 +375,23 @@ def requantized(lw: Lowering, q: Value, qp: QuantParams, node: Node, clamp=None)
     """``q`` in the params ``qp`` (itself when they already agree and nothing is clamped)."""
     if q.type.quant == qp and clamp is None:
         return q
-    (m,), (s,) = quantize_multipliers([q.type.quant.scale[0] / qp.scale[0]])
-    attrs_ = {"x_zero_point": q.type.quant.zero_point[0], "multiplier": int(m), "shift": int(s),
-              **lw.out_attrs(qp, clamp)}
-    return lw.graph.add_node("qint.requantize", [q], attrs_, name=f"{node.name}_requantize",
-                             output_types=[type_of(qp, q.type.shape)], provenance=node.provenance,
-                             before=node).output
+    return requantize_node(lw.graph, q, qp, node, lw.out_attrs(qp, clamp))
+
+
+def requantize_node(graph: Graph, q: Value, qp: QuantParams, node: Node, out_attrs: dict) -> Value:
+    """A qint.requantize of ``q`` into ``qp`` before ``node`` (with headroom for the factor)."""
+    left = headroom_shift(1 << q.type.quant.bitwidth)
+    (m,), (s,) = quantize_multipliers([q.type.quant.scale[0] / qp.scale[0] / 2.0 ** left])
+    attrs_ = {"x_zero_point": q.type.quant.zero_point[0], "left_shift": left, "multiplier": int(m),
+              "shift": int(s), **out_attrs}
+    return graph.add_node("qint.requantize", [q], attrs_, name=f"{node.name}_requantize",
+                          output_types=[type_of(qp, q.type.shape)], provenance=node.provenance,
+                          before=node).output
+
+
+def average_shift(bitwidth: int, count: int | None) -> int:
+    """The headroom of a sum of ``count`` ``bitwidth``-bit values (0 when the count is unknown)."""
+    return 0 if count is None else headroom_shift(count << bitwidth)
 
 
 @rule("tensor.concat")
@@ -444,9 +462,11 @@ def _clamp(lw: Lowering, node: Node) -> list[Value] | None:
 def _average_pool(lw: Lowering, node: Node) -> list[Value] | None:
     q = lw.quantized(node.inputs[0])
     out_qp = lw.params(node.output)
-    attrs_ = {**get_op("nn.average_pool").resolve_attrs(node.attrs),
-              "x_zero_point": q.type.quant.zero_point[0],
-              "scale_ratio": q.type.quant.scale[0] / out_qp.scale[0], **lw.out_attrs(out_qp)}
+    pool = get_op("nn.average_pool").resolve_attrs(node.attrs)
+    attrs_ = {**pool, "x_zero_point": q.type.quant.zero_point[0],
+              "scale_ratio": q.type.quant.scale[0] / out_qp.scale[0],
+              "left_shift": average_shift(q.type.quant.bitwidth, int(np.prod(pool["kernel_shape"]))),
+              **lw.out_attrs(out_qp)}
     return [lw.emit(node, "qint.average_pool", [q], attrs_, out_qp)]
 
 
@@ -469,8 +489,11 @@ def _mean(lw: Lowering, node: Node) -> list[Value] | None:
             return None
     q = lw.quantized(x)
     out_qp = lw.params(node.output)
+    shape = x.type.shape
+    count = None if any(not isinstance(shape[a], int) for a in axes) else int(np.prod([shape[a] for a in axes]))
     attrs_ = {"keepdims": keepdims, "x_zero_point": q.type.quant.zero_point[0],
-              "scale_ratio": q.type.quant.scale[0] / out_qp.scale[0], **lw.out_attrs(out_qp)}
+              "scale_ratio": q.type.quant.scale[0] / out_qp.scale[0],
+              "left_shift": average_shift(q.type.quant.bitwidth, count), **lw.out_attrs(out_qp)}
     axes_value = lw.constant(np.asarray(axes, np.int64), f"{node.name}_axes", np.int64)
     return [lw.emit(node, "qint.mean", [q, axes_value], attrs_, out_qp)]
 

@@ -58,7 +58,8 @@ from qir.ir.opdef import get_op
 from qir.ir.ops.qint import type_range
 from qir.ir.types import DType, QuantParams, TensorType
 from qir.passes.cleanup import dead_code_elimination
-from qir.passes.quantize.lower import LOOKUP_OPS, PASS_THROUGH, _headroom, type_of
+from qir.passes.quantize.lower import (LOOKUP_OPS, PASS_THROUGH, average_shift, headroom,
+                                      headroom_shift, type_of)
 from qir.passes.quantize.params import dequantize_array, qdtype, qrange, quantize_array
 from qir.passes.registry import Pass, register_pass
 
@@ -300,8 +301,9 @@ class _Folder:
         """``src`` in the output params (itself when they agree and nothing is clamped)."""
         if src.qp == m.qp and clamp is None:
             return src.value
-        (mult,), (shift,) = quantize_multipliers([src.qp.scale[0] / m.qp.scale[0]])
-        attrs_ = {"x_zero_point": src.qp.zero_point[0], "multiplier": int(mult),
+        left = headroom_shift(1 << src.qp.bitwidth)
+        (mult,), (shift,) = quantize_multipliers([src.qp.scale[0] / m.qp.scale[0] / 2.0 ** left])
+        attrs_ = {"x_zero_point": src.qp.zero_point[0], "left_shift": left, "multiplier": int(mult),
                   "shift": int(shift), **out_attrs(m.qp, clamp)}
         return self.graph.add_node("qint.requantize", [src.value], attrs_,
                                    name=f"{m.node.name}_requantize",
@@ -429,7 +431,7 @@ def _fold_add(f: _Folder, m: Match) -> Value | None:
     pa, pb = a.qp, b.qp
     # lower.py's scheme (TFLite's): both inputs to a common scale with headroom, then the sum.
     big = 2 * max(pa.scale[0], pb.scale[0])
-    left = _headroom(pa, pb, out_qp)
+    left = headroom(pa, pb, out_qp)
     (ma, mb, mo), (sa, sb, so) = quantize_multipliers(
         [pa.scale[0] / big, pb.scale[0] / big, big / (2 ** left * out_qp.scale[0])])
     attrs_ = {"a_zero_point": pa.zero_point[0], "b_zero_point": pb.zero_point[0],
@@ -496,8 +498,10 @@ def _fold_average_pool(f: _Folder, m: Match) -> Value | None:
     src = m.inputs[0]
     if src is None or not src.per_tensor:
         return None
-    attrs_ = {**get_op("nn.average_pool").resolve_attrs(m.node.attrs),
-              "x_zero_point": src.qp.zero_point[0], "scale_ratio": src.qp.scale[0] / m.qp.scale[0],
+    pool = get_op("nn.average_pool").resolve_attrs(m.node.attrs)
+    attrs_ = {**pool, "x_zero_point": src.qp.zero_point[0],
+              "scale_ratio": src.qp.scale[0] / m.qp.scale[0],
+              "left_shift": average_shift(src.qp.bitwidth, int(np.prod(pool["kernel_shape"]))),
               **out_attrs(m.qp, m.clamp)}
     return f.emit(m, "qint.average_pool", [src.value], attrs_)
 
@@ -519,8 +523,12 @@ def _fold_mean(f: _Folder, m: Match) -> Value | None:
             return None
         axes = list(range(rank)) if given is None else [int(a) % rank for a in given.const.reshape(-1)]
         keepdims = at["keepdims"]
+    shape = src.value.type.shape
+    count = None if any(not isinstance(shape[a], int) for a in axes) else \
+        int(np.prod([shape[a] for a in axes]))
     attrs_ = {"keepdims": keepdims, "x_zero_point": src.qp.zero_point[0],
-              "scale_ratio": src.qp.scale[0] / m.qp.scale[0], **out_attrs(m.qp, m.clamp)}
+              "scale_ratio": src.qp.scale[0] / m.qp.scale[0],
+              "left_shift": average_shift(src.qp.bitwidth, count), **out_attrs(m.qp, m.clamp)}
     return f.emit(m, "qint.mean", [src.value, f.const(axes, f"{m.node.name}_axes", np.int64)], attrs_)
 
 

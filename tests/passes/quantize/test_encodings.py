@@ -100,10 +100,11 @@ def test_min_max_only_gets_qnn_parameters():
         "p": {"bitwidth": 8, "min": 0.5, "max": 2.0},                 # widened to contain 0
         "s": {"bitwidth": 8, "is_symmetric": "True", "min": -0.5, "max": 2.54},
         "u": {"bitwidth": 16, "is_symmetric": True, "min": 0.0, "max": 6.5535}}})
-    scale = 4.0 / 255                                                 # (max − min) / (2^8 − 1)
+    # (max − min) / (2^8 − 1), as a float32 number (the precision every format stores)
+    scale = float(np.float32(4.0 / 255))
     assert enc.activations["a"] == QuantParams(scale, round(1.0 / scale), 8, False, None)
     assert enc.activations["a"].zero_point == (64,)
-    assert enc.activations["p"] == QuantParams(2.0 / 255, 0, 8, False, None)
+    assert enc.activations["p"] == QuantParams(float(np.float32(2.0 / 255)), 0, 8, False, None)
     assert enc.activations["s"].zero_point == (0,) and enc.activations["s"].signed
     assert enc.activations["s"].scale[0] == pytest.approx(2.54 / 127)
     assert enc.activations["u"].scale[0] == pytest.approx(6.5535 / 65535)
