@@ -129,6 +129,7 @@ def export_efficientnet(path: Path) -> None:
     model.eval()
     torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), opset_version=17,
                       input_names=["input"], output_names=["logits"], dynamo=False,
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
                       training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
 
 
