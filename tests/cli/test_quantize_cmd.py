@@ -145,3 +145,19 @@ def test_compile_api_schemes():
         qir.compile(str(DIGITS), quantize="int8", calibration=[])
     with pytest.raises(QirError, match="quantize="):
         qir.compile(str(DIGITS), quantize="int7", calibration=feeds)
+
+
+def test_export_qdq_runs_in_onnxruntime(tmp_path, calib):
+    """The QDQ export agrees with qir's own integer execution within a few output steps:
+    onnxruntime requantizes in float with one round-half-even, qir with the fixed-point rule
+    (docs/quantization.md), so single elements may differ by an LSB per layer."""
+    ort = pytest.importorskip("onnxruntime")
+    out, onnx_path = tmp_path / "d.qirb", tmp_path / "d.qdq.onnx"
+    qirc("quantize", DIGITS, "--calib", calib, "-o", out, "--export-qdq", onnx_path)
+    graph = serialize.load(out)
+    x = DATA["x"][:64]
+    ours = qir.compile(graph, opt_level=0).run({"input": x})["logits"]
+    theirs = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    step = graph.outputs[0].type.quant.scale[0]
+    assert np.abs(ours - theirs).max() <= 4 * step + 1e-6
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.98
