@@ -407,7 +407,7 @@ PASS_THROUGH = {op: 0 for op in (
     "tensor.reshape", "tensor.transpose", "tensor.flatten", "tensor.squeeze", "tensor.unsqueeze",
     "tensor.identity", "tensor.slice", "tensor.gather", "tensor.expand", "tensor.tile",
     "tensor.depth_to_space", "tensor.space_to_depth", "tensor.split", "nn.max_pool",
-    "nn.global_max_pool", "reduce.max", "reduce.min", "tensor.pad")}
+    "nn.global_max_pool", "reduce.max", "reduce.min", "tensor.pad", "tensor.resize")}
 
 
 @rule(*PASS_THROUGH)
@@ -415,6 +415,8 @@ def _pass_through(lw: Lowering, node: Node) -> list[Value] | None:
     data = PASS_THROUGH[node.op]
     if len(node.outputs) > 1 and node.op == "nn.max_pool" and any(v.uses for v in node.outputs[1:]):
         return None
+    if node.op == "tensor.resize" and get_op(node.op).resolve_attrs(node.attrs)["mode"] != "nearest":
+        return None  # interpolation does arithmetic: float fallback
     q = lw.quantized(node.inputs[data])
     qp = q.type.quant
     inputs = list(node.inputs)
