@@ -83,12 +83,19 @@ class Lowering:
             raise QirError(f"tensor {value.name!r} has no quantization range: it was not observed "
                            "during calibration; give it an encoding or keep its node in float") from None
 
-    def weight(self, value: Value, axis: int | None) -> Value:
-        """The constant ``value`` quantized as weights (symmetric, per channel along ``axis``)."""
+    def weight(self, value: Value, axis: int | None, bias: np.ndarray | None = None,
+               input_scale: float = 1.0) -> Value:
+        """The constant ``value`` quantized as weights (symmetric, per channel along ``axis``).
+
+        With a ``bias`` (real, one per channel), weight scales grow where needed so that the
+        bias fits int32 at scale input_scale × weight scale (tiny input scales would overflow it).
+        """
         qp = self.plan.weights.get(value.name)
         if qp is None:
             axis = axis if self.config.per_channel else None
             qp = weight_params(value.const, axis, self.config.param_bitwidth)
+        if bias is not None:
+            qp = fit_bias(qp, bias, input_scale)
         q = quantize_array(value.const, qp, narrow=True)
         return self.graph.add_constant(q, f"{value.name}_q", type_of(qp, q.shape))
 
@@ -250,6 +257,22 @@ def _clamp_of(node: Node, qp: QuantParams) -> tuple[int, int] | None:
 CLAMP_ACTIVATIONS = ("none", "relu", "clip")
 
 
+#: Largest |bias| in accumulator units: int32 with a margin for the rounding of the sum.
+BIAS_LIMIT = 2 ** 31 - 2 ** 16
+
+
+def fit_bias(qp: QuantParams, bias: np.ndarray, input_scale: float) -> QuantParams:
+    """``qp`` with each channel's scale raised to at least |bias| / (input_scale × BIAS_LIMIT)."""
+    need = np.abs(np.asarray(bias, np.float64).reshape(-1)) / (input_scale * BIAS_LIMIT)
+    scale = np.asarray(qp.scale, np.float64)
+    if scale.size == 1:
+        need = need.max(initial=0.0)
+    if np.all(scale >= need):
+        return qp
+    raised = np.asarray(np.maximum(scale, need * (1 + 1e-6)), np.float32).astype(np.float64)
+    return attrs.evolve(qp, scale=raised)
+
+
 def _requant(lw: Lowering, reals, name: str) -> tuple[Value, Value]:
     multipliers, shifts = quantize_multipliers(reals)
     return lw.constant(multipliers, f"{name}_multiplier"), lw.constant(shifts, f"{name}_shift")
@@ -275,9 +298,10 @@ def _conv(lw: Lowering, node: Node) -> list[Value] | None:
     if node.attrs.get("activation", "none") not in CLAMP_ACTIVATIONS:
         return None
     qx = lw.quantized(x)
-    qw = lw.weight(w, axis=0)
+    sx = qx.type.quant.scale[0]
+    qw = lw.weight(w, axis=0, bias=None if b is None else b.const, input_scale=sx)
     out_qp = lw.params(node.output)
-    sx, wq = qx.type.quant.scale[0], qw.type.quant
+    wq = qw.type.quant
     reals = sx * np.asarray(wq.scale) / out_qp.scale[0]
     multiplier, shift = _requant(lw, reals, node.name)
     qb = _bias(lw, b, sx, wq, b.name if b is not None else node.name)
@@ -302,10 +326,13 @@ def _gemm(lw: Lowering, node: Node) -> list[Value] | None:
         return None
     wvalue = lw.graph.add_constant(np.ascontiguousarray(weights), f"{b_.name}_kn")
     qa = lw.quantized(a_)
-    qb = lw.weight(wvalue, axis=1)
-    out_qp = lw.params(node.output)
-    sa, wq = qa.type.quant.scale[0], qb.type.quant
+    sa = qa.type.quant.scale[0]
     alpha, beta = float(at["alpha"]), float(at["beta"])
+    real_bias = None if c_ is None or not alpha else \
+        np.broadcast_to(c_.const.reshape(-1), (n,)) * beta / alpha
+    qb = lw.weight(wvalue, axis=1, bias=real_bias, input_scale=sa)
+    out_qp = lw.params(node.output)
+    wq = qb.type.quant
     multiplier, shift = _requant(lw, alpha * sa * np.asarray(wq.scale) / out_qp.scale[0], node.name)
     bias = None
     if c_ is not None:

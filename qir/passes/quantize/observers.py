@@ -502,7 +502,8 @@ class _MseModel:
 
 def _asymmetric_grid(lo: np.ndarray, hi: np.ndarray, levels: int):
     """activation_params' representable range and step for candidate [lo, hi] (lo <= 0 <= hi)."""
-    step = np.maximum(hi - lo, 1e-12) / (levels - 1)
+    # float32 steps, as activation_params stores its scales
+    step = np.asarray(np.maximum(hi - lo, 1e-12) / (levels - 1), np.float32).astype(np.float64)
     low = -np.rint(-lo / step) * step
     return low, low + (levels - 1) * step, step
 

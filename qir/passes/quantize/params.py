@@ -38,10 +38,12 @@ def activation_params(lo: float, hi: float, bitwidth: int = 8, signed: bool = Fa
         raise QirError(f"range [{lo}, {hi}] is not finite; calibrate on data without inf/NaN")
     if symmetric:
         qmax = (1 << (bitwidth - 1)) - 1
-        scale = _f32(max(max(-lo, hi) / qmax, MIN_SCALE))
+        scale = _f32(max(-lo, hi) / qmax if hi > lo else 1.0)
         return QuantParams(scale, 0 if signed else 1 << (bitwidth - 1), bitwidth, signed)
     qmin, qmax = (-(1 << (bitwidth - 1)), (1 << (bitwidth - 1)) - 1) if signed else (0, (1 << bitwidth) - 1)
-    scale = float(_f32(max((hi - lo) / (qmax - qmin), MIN_SCALE)))
+    # An all-zero tensor (a dead channel group, an unused branch) gets scale 1: any scale
+    # represents 0 exactly, and a tiny one would overflow the int32 bias of the next layer.
+    scale = float(_f32(max((hi - lo) / (qmax - qmin), MIN_SCALE) if hi > lo else 1.0))
     zero_point = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
     return QuantParams(scale, zero_point, bitwidth, signed)
 
