@@ -4,16 +4,17 @@
     g = qir.load_onnx("m.onnx")
     m = qir.compile("m.onnx", target="reference")          # or quantize="int8", calibration=[...]
     outs = m.run({"input": x})
+    m.save("out/"); m2 = qir.load("out/")
 """
 
-from qir.api import compile, load_onnx, load_tensorflow, load_tflite, load_torch
+from qir.api import compile, load, load_onnx, load_tensorflow, load_tflite, load_torch
 from qir.errors import QirError
 from qir.ir.graph import Graph, Node, Value
 from qir.ir.types import DType, QuantParams, TensorType
 
 from qir.version import __version__
 
-__all__ = ["compile", "load_onnx", "load_torch", "load_tensorflow", "load_tflite", "Graph", "Node",
+__all__ = ["compile", "load", "load_onnx", "load_torch", "load_tensorflow", "load_tflite", "Graph", "Node",
            "Value", "DType", "QuantParams", "TensorType", "QirError", "quant", "passes",
            "__version__"]
 

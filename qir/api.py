@@ -106,3 +106,14 @@ def compile(model: Any, target: str = "reference", *, num_threads: int = 1, opt_
     tgt = get_target(target)
     blob = tgt.compile(graph, opts)
     return CompiledModel(graph, target, blob, tgt.load(blob, opts), opts)
+
+
+def load(path: str | os.PathLike, *, num_threads: int | None = None) -> CompiledModel:
+    """A CompiledModel from an artifact folder written by ``CompiledModel.save`` or ``qirc compile``.
+
+    Its magic, versions and checksums are checked (a ModelLoadError names the file at fault);
+    ``num_threads`` overrides the thread count it was compiled with.
+    """
+    from qir.runtime.artifacts import load_artifact
+
+    return load_artifact(path, num_threads=num_threads)

@@ -52,8 +52,9 @@ def resolve_model(model: Path | None, model_option: Path | None) -> Path:
     if path is None:
         raise click.UsageError("missing MODEL (a .onnx, .qir, .qirb, .pt2, .tflite, .keras or .pb "
                                "file, or a SavedModel directory)")
-    if path.is_dir() and not (path / "saved_model.pb").is_file():
-        raise ModelLoadError(f"{path}: a directory, but not a TensorFlow SavedModel (no saved_model.pb)")
+    if path.is_dir() and not (path / "saved_model.pb").is_file() and not (path / "manifest.json").is_file():
+        raise ModelLoadError(f"{path}: a directory, but neither a TensorFlow SavedModel (no "
+                             "saved_model.pb) nor a qirc compile artifact (no manifest.json)")
     if not path.exists():
         raise ModelLoadError(f"{path}: no such model file")
     return path

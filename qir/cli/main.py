@@ -24,6 +24,8 @@ COMMANDS = {
     "opt": "qir.cli.opt_cmd:opt",
     "passes": "qir.cli.passes_cmd:passes",
     "quantize": "qir.cli.quantize_cmd:quantize",
+    "compile": "qir.cli.compile_cmd:compile",
+    "bench": "qir.cli.bench_cmd:bench",
 }
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

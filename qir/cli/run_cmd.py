@@ -11,7 +11,11 @@ import numpy as np
 
 from qir.cli.common import (format_type, load_graph, model_argument, resolve_model,
                             write_bytes_atomic)
+from qir.cli.compile_cmd import open_artifact
 from qir.errors import InputError, OptionError
+from qir.runtime.artifacts import is_artifact
+
+_DEFAULT = click.core.ParameterSource.DEFAULT
 
 
 @click.command()
@@ -26,13 +30,20 @@ from qir.errors import InputError, OptionError
               help="Threads the target may use.")
 def run(model: Path | None, model_option: Path | None, inputs: tuple[str, ...],
         output_dir: Path | None, target: str, num_threads: int) -> None:
-    """Run MODEL on inputs from .npy files; print each output's shape and a summary."""
+    """Run MODEL (a model file or a `qirc compile` folder) on inputs from .npy files; print each
+    output's shape and a summary."""
     import qir
 
     path = resolve_model(model, model_option)
-    graph = load_graph(path)
-    feeds = read_feeds(inputs, [v.name for v in graph.inputs])
-    compiled = qir.compile(graph, target=target, num_threads=num_threads)
+    if is_artifact(path):  # a `qirc compile` folder: its target and threads unless told otherwise
+        given = click.get_current_context().get_parameter_source
+        compiled = open_artifact(path, target if given("target") != _DEFAULT else None,
+                                 num_threads if given("num_threads") != _DEFAULT else None)
+        feeds = read_feeds(inputs, [s.name for s in compiled.inputs])
+    else:
+        graph = load_graph(path)
+        feeds = read_feeds(inputs, [v.name for v in graph.inputs])
+        compiled = qir.compile(graph, target=target, num_threads=num_threads)
     outputs = compiled.run(feeds)
     for spec in compiled.outputs:
         click.echo(summarize(spec.name, outputs[spec.name], format_type(spec.type)))

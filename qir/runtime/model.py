@@ -58,6 +58,17 @@ class CompiledModel:
         results = self._executable.run(args)
         return {spec.name: _as_output(spec, r) for spec, r in zip(self.outputs, results)}
 
+    @property
+    def executable(self) -> Executable:
+        """The target's loaded executable (the profiler calls its optional ``run_profiled``)."""
+        return self._executable
+
+    def save(self, path: Any, *, created_by: str | None = None) -> Any:
+        """Write the model as an artifact folder (qir.runtime.artifacts); ``qir.load`` reads it."""
+        from qir.runtime.artifacts import save_artifact
+
+        return save_artifact(self, path, created_by=created_by)
+
     def __repr__(self) -> str:
         return f"CompiledModel(target={self.target!r}, inputs={[s.name for s in self.inputs]}, " \
                f"outputs={[s.name for s in self.outputs]})"
