@@ -75,6 +75,14 @@ def input_dim_option(command: Callable) -> Callable:
         help="Fix the dims of input NAME, e.g. --input-dim input 1,3,224,224 (repeatable).")(command)
 
 
+def calib_option(command: Callable) -> Callable:
+    """``--calib DATA`` (QNN's ``--input_list`` spelling too): calibration data."""
+    return click.option(
+        "--calib", "calib", cls=AliasedOption, aliases=("--input-list", "--input_list"),
+        type=click.Path(exists=True, path_type=Path),
+        help="Calibration data: a QNN input list, a folder of .npy/.npz/.raw, or a .npy/.npz file.")(command)
+
+
 def parse_input_dims(pairs: Sequence[tuple[str, str]]) -> dict[str, tuple[int, ...]]:
     """``[("input", "1,3,224,224")]`` → ``{"input": (1, 3, 224, 224)}``."""
     dims: dict[str, tuple[int, ...]] = {}

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from qir.cli.common import (AliasedOption, apply_input_dims, input_dim_option, load_graph,
+from qir.cli.common import (apply_input_dims, calib_option, input_dim_option, load_graph,
                             model_argument, resolve_model)
 from qir.errors import OptionError
 
@@ -28,10 +28,7 @@ def num_threads_option(command: Callable) -> Callable:
 
 def quantize_options(command: Callable) -> Callable:
     """``--quantize SCHEME`` and ``--calib DATA`` (QNN's ``--input_list`` spelling too)."""
-    command = click.option(
-        "--calib", "calib", cls=AliasedOption, aliases=("--input-list", "--input_list"),
-        type=click.Path(exists=True, path_type=Path),
-        help="Calibration data: a QNN input list, a folder of .npy/.npz/.raw, or a .npy/.npz file.")(command)
+    command = calib_option(command)
     return click.option(
         "--quantize", "scheme", type=click.Choice(QUANT_SCHEMES), default=None,
         help="Quantize over --calib: W8A8, 16-bit activations, float16 or automatic mixed "

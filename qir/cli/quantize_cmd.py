@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from qir.cli.common import (AliasedOption, apply_input_dims, input_dim_option, load_graph,
-                            model_argument, resolve_model)
+from qir.cli.common import (AliasedOption, apply_input_dims, calib_option, input_dim_option,
+                            load_graph, model_argument, resolve_model)
 from qir.cli.convert_cmd import WRITERS, output_format
 from qir.errors import OptionError
 
@@ -32,9 +32,7 @@ def _precision(pairs: tuple[str, ...]) -> dict[str, str]:
 @model_argument
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The quantized model (.qir or .qirb); quantization_config.json goes beside it.")
-@click.option("--calib", "calib", cls=AliasedOption, aliases=("--input-list", "--input_list"),
-              type=click.Path(exists=True, path_type=Path),
-              help="Calibration data: a QNN input list, a folder of .npy/.npz/.raw, or a .npy/.npz file.")
+@calib_option
 @click.option("--preset", type=click.Choice(["int8", "a16w8", "fp16", "mixed"]), default="int8",
               show_default=True, help="Scheme: W8A8, 16-bit activations, float16, or automatic mixed precision.")
 @click.option("--act-bitwidth", cls=AliasedOption, aliases=("--act_bitwidth", "--act_bw"),

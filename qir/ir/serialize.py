@@ -117,16 +117,16 @@ def save(graph: Graph, path: str | os.PathLike) -> None:
     """Write ``graph`` to ``path``: ``.qirb`` binary, or ``.qir`` text + ``<path>.weights.npz``."""
     path = Path(path)
     if path.suffix == ".qirb":
-        _atomic_write(path, dumps(graph))
+        write_atomic(path, dumps(graph))
     elif path.suffix == ".qir":
         weights: dict[str, np.ndarray] = {}
         text = print_graph(graph, weights).encode("utf-8")
         sidecar = sidecar_path(path)
         if weights:
-            _atomic_write(sidecar, _npz_bytes(weights))
+            write_atomic(sidecar, _npz_bytes(weights))
         elif sidecar.exists():  # a stale table from an earlier save would only mislead
             sidecar.unlink()
-        _atomic_write(path, text)  # last: the text is what makes the pair visible
+        write_atomic(path, text)  # last: the text is what makes the pair visible
     else:
         raise QirError(f"{path}: unknown graph file extension {path.suffix!r}",
                        hint="use .qir (text + weights sidecar) or .qirb (one binary file)")
@@ -159,7 +159,7 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 def write_weights(weights: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write a digest → array table as a deterministic, pickle-free ``.npz`` (atomically)."""
-    _atomic_write(Path(path), _npz_bytes(weights))
+    write_atomic(Path(path), _npz_bytes(weights))
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -204,8 +204,12 @@ def _storable(array: np.ndarray) -> np.ndarray:
     return raw_bytes(array)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``: readers see
+    the old file or the new one, never half of one. The one atomic writer of qir."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise QirError(f"{path}: the folder {path.parent} does not exist", hint="create it first")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:

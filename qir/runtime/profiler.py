@@ -30,13 +30,13 @@ import os
 import sys
 import time
 import tracemalloc
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import attrs
 import numpy as np
 
+from qir.ir.serialize import write_atomic
 from qir.errors import QirError
 from qir.ir.graph import Graph, Value
 from qir.ir.interpreter import Interpreter
@@ -428,18 +428,6 @@ def trace_events(spans: Sequence[_Span], *, pid: int = 0, label: str = "qir",
 def write_chrome_trace(path: str | os.PathLike, events: list[dict[str, Any]]) -> None:
     """Write trace events as a chrome://tracing / Perfetto JSON file (atomically)."""
     write_atomic(Path(path), _json_bytes({"traceEvents": events, "displayTimeUnit": "ms"}))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
-    if not path.parent.is_dir():
-        raise QirError(f"{path}: the folder {path.parent} does not exist", hint="create it first")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_bytes(doc: Any) -> bytes:

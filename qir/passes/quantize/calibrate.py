@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -29,7 +28,7 @@ import numpy as np
 from qir.errors import ExecutionError, ModelLoadError, QirError
 from qir.ir.graph import Graph, Value
 from qir.ir.interpreter import Interpreter
-from qir.ir.serialize import dumps
+from qir.ir.serialize import dumps, write_atomic
 from qir.ir.types import DType, TensorType
 from qir.passes.quantize.dataset import load_calibration_set
 from qir.passes.quantize.observers import DEFAULT_BINS, StatsCollector, TensorStats, compute_range
@@ -88,7 +87,7 @@ class CalibrationTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the table to ``path`` (an .npz archive, nothing pickled), atomically."""
-        _atomic_write(Path(path), _to_bytes(self))
+        write_atomic(Path(path), _to_bytes(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CalibrationTable":
@@ -280,7 +279,7 @@ def _cache_put(table: CalibrationTable) -> None:
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / f"{table.key}.npz", _to_bytes(table))
+        write_atomic(directory / f"{table.key}.npz", _to_bytes(table))
         _evict(directory, CACHE_LIMIT_BYTES)
     except (OSError, QirError) as exc:
         # The cache only saves time; an unwritable one must not fail the compile.
@@ -365,22 +364,3 @@ def _from_bytes(data: bytes, where: str) -> CalibrationTable:
                              f"({type(exc).__name__}: {exc})") from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise QirError(f"{path}: cannot write ({exc.strerror or exc})",
-                       hint="check that the folder exists and is writable") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _unlink(Path(tmp))
-        if isinstance(exc, OSError):
-            raise QirError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -285,25 +284,9 @@ class AccuracyReport:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON report atomically (a reader never sees half a file)."""
-        path = Path(path)
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise QirError(f"{path}: the folder {parent} does not exist",
-                           hint="create it first or write the report elsewhere")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        except OSError as exc:
-            raise QirError(f"{path}: cannot write the accuracy report ({exc.strerror or exc})") from None
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        from qir.ir.serialize import write_atomic
+
+        write_atomic(path, self.to_json().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AccuracyReport":

@@ -56,7 +56,6 @@ import difflib
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -65,6 +64,7 @@ import attrs
 
 from qir.errors import QirError
 from qir.ir.graph import Graph, Value
+from qir.ir.serialize import write_atomic
 from qir.ir.types import DType, QuantParams, TensorType
 from qir.passes.quantize.params import activation_params
 
@@ -717,19 +717,9 @@ _WRITERS: dict[str, Callable[[Encodings, Mapping[str, int]], dict]] = {
 
 
 def _write_atomic(path: Path, doc: dict) -> None:
-    """Write JSON next to ``path`` and rename it over ``path``: readers never see half a file."""
+    """Write the JSON atomically: readers never see half a file."""
     try:
         text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
     except ValueError as e:
         raise EncodingsError(f"{path}: encodings hold a value JSON cannot store ({e})") from None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise EncodingsError(f"{path}: cannot write encodings: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))

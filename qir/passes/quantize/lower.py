@@ -22,8 +22,7 @@ from qir.errors import QirError
 from qir.ir.fixedpoint import quantize_multipliers
 from qir.ir.graph import Graph, Node, Value
 from qir.ir.opdef import get_op
-from qir.ir.ops.fused import ACTIVATIONS
-from qir.ir.types import DType, QuantParams, TensorType
+from qir.ir.types import QuantParams, TensorType
 from qir.passes.cleanup import dead_code_elimination
 from qir.passes.quantize.config import Config
 from qir.passes.quantize.params import (activation_params, bias_params, qdtype, qrange,
@@ -573,4 +572,4 @@ def plan_from_ranges(graph: Graph, ranges: Mapping[str, tuple[float, float]], co
     return QuantPlan(activations, config)
 
 
-__all__ = ["QuantPlan", "RULES", "rule", "lower", "plan_from_ranges", "Lowering", "DType"]
+__all__ = ["QuantPlan", "RULES", "rule", "lower", "plan_from_ranges", "Lowering"]
