@@ -178,3 +178,22 @@ def test_qint_conv_matches_big_integer_model(groups, cin_g, size, k, stride, pad
                             acc += int(xp[0, g * cin_g + ci, i * stride + di, j * stride + dj]) * int(w[co, ci, di, dj])
                 want = min(255, max(0, zy + big_int_rule(acc, int(m[co]), int(s[co]))))
                 assert got[0, co, i, j] == want
+
+
+def test_headroom_makes_averages_round_once():
+    """Without headroom a 2×2 average by 1/4 rounds twice (605/4: 302.5 → 303 → 152); with the
+    lowering's left shift the result is the single round-half-up of the exact average."""
+    from qir.passes.quantize.lower import average_shift
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1, 8, 16, 16)).astype(np.uint8)
+    attrs = dict(auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=(), kernel_shape=(2, 2),
+                 pads=(0, 0, 0, 0), strides=(2, 2), x_zero_point=0, scale_ratio=1.0, y_zero_point=0,
+                 y_min=None, y_max=None, output_dtype=DType.UINT8)
+    sums = x.astype(np.int64).reshape(1, 8, 8, 2, 8, 2).sum(axis=(3, 5))
+    exact = (sums * 2 + 4) // 8  # round half up of sums / 4
+    kernel = get_op("qint.average_pool").kernel
+    twice = kernel(x, left_shift=0, **attrs)
+    once = kernel(x, left_shift=average_shift(8, 4), **attrs)
+    assert (twice != exact).mean() > 0.05  # the double rounding the headroom is for
+    np.testing.assert_array_equal(once, exact)
