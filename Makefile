@@ -61,6 +61,7 @@ test: $(STAMP)
 
 # Benchmarks print ratios against onnxruntime measured in the same run (never asserted in tests).
 bench: $(BENCH_STAMP)
+	$(PY) bench/kryo_vs_ort.py --threads 1,2
 	$(PY) bench/quant_accuracy.py
 
 conformance: $(STAMP)

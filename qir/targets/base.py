@@ -89,6 +89,7 @@ def register_target(cls: type[Target]) -> type[Target]:
 def _load_targets() -> None:
     global _entry_points_loaded
     import qir.targets.reference  # noqa: F401  (built-in)
+    import qir.targets.kryo  # noqa: F401  (built-in; llvmlite is a core dependency)
 
     if not _entry_points_loaded:
         _entry_points_loaded = True
