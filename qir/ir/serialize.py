@@ -209,7 +209,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     the old file or the new one, never half of one. The one atomic writer of qir."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise QirError(f"{path}: the folder {path.parent} does not exist", hint="create it first")
+        raise QirError(f"{path}: cannot write: the folder {path.parent} does not exist",
+                       hint="create it first")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
