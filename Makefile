@@ -45,7 +45,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,torch,tf,bench]'
 	@touch $@
 
-install: $(STAMP)
+install: $(STAMP) install-toolchains
 
 demo: $(STAMP)
 	@mkdir -p $(DEMO)
@@ -56,7 +56,7 @@ demo: $(STAMP)
 	@echo "== accuracy on the held-out split, run through qir"
 	$(PY) examples/digits/evaluate.py --model $(DEMO)/digits.qir --min-accuracy 0.95
 
-test: $(STAMP)
+test: $(STAMP) install-toolchains
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 # Benchmarks print ratios against onnxruntime measured in the same run (never asserted in tests).
@@ -75,3 +75,20 @@ conformance-update: $(STAMP)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .hypothesis
+
+# Cross toolchains for the model-library tests (tests/targets/kryo/test_library.py): qemu-aarch64,
+# clang-16, ld.lld-16 and the arm64 C library. apt runs only when one is missing (a machine that
+# has them pays nothing); without root or apt, or if apt fails, this warns and those tests skip.
+TOOLCHAIN_TOOLS ?= qemu-aarch64 clang-16 ld.lld-16
+TOOLCHAIN_FILES ?= /usr/aarch64-linux-gnu/lib/libc.so.6 /usr/lib/gcc-cross/aarch64-linux-gnu/12/libgcc.a
+TOOLCHAIN_PKGS  ?= qemu-user clang-16 lld-16 libc6-dev-arm64-cross libgcc-12-dev-arm64-cross
+.PHONY: install-toolchains
+install-toolchains:
+	@missing=0; for t in $(TOOLCHAIN_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	for f in $(TOOLCHAIN_FILES); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 0 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     $(TOOLCHAIN_PKGS) >/dev/null) \
+	  || echo "warning: could not install $(TOOLCHAIN_PKGS); the AArch64 model-library tests will skip"; \
+	else echo "note: not root or no apt-get: $(TOOLCHAIN_PKGS) not installed; the AArch64 model-library tests will skip"; fi

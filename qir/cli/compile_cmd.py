@@ -44,7 +44,7 @@ def check_quantize(scheme: str | None, calib: Path | None) -> None:
 
 
 def creator(model: Path, target: str, num_threads: int, opt_level: int, scheme: str | None,
-            calib: Path | None, input_dims: tuple[tuple[str, str], ...]) -> str:
+            calib: Path | None, input_dims: tuple[tuple[str, str], ...], arch: str | None = None) -> str:
     """The command that built the artifact, for its manifest: file names but not folders, and
     no output path, so that the same build gives the same bytes wherever it is written."""
     words = ["qirc", "compile", model.name, "--target", target, "--num-threads", str(num_threads),
@@ -53,6 +53,8 @@ def creator(model: Path, target: str, num_threads: int, opt_level: int, scheme: 
         words += ["--quantize", scheme] + (["--calib", calib.name] if calib is not None else [])
     for name, dims in input_dims:
         words += ["--input-dim", name, dims]
+    if arch is not None:
+        words += ["--arch", arch]
     return " ".join(words)
 
 
@@ -79,9 +81,12 @@ def open_artifact(path: Path, target: str | None = None, num_threads: int | None
               help="Optimization level of the pass pipeline.")
 @quantize_options
 @input_dim_option
+@click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), default=None,
+              help="Target kryo: also write OUTPUT/model.so, a standalone library with the C ABI "
+                   "of OUTPUT/model_abi.h, for this architecture (static shapes: use --input-dim).")
 def compile(model: Path | None, model_option: Path | None, output: Path, target: str,
             num_threads: int, opt_level: int, scheme: str | None, calib: Path | None,
-            input_dims: Any) -> None:
+            input_dims: Any, arch: str | None) -> None:
     """Compile MODEL for a target and write the artifact folder OUTPUT:
 
     \b
@@ -96,13 +101,15 @@ def compile(model: Path | None, model_option: Path | None, output: Path, target:
     import qir
 
     check_quantize(scheme, calib)
+    if arch is not None and target != "kryo":
+        raise click.UsageError("--arch builds a model library, which only --target kryo makes")
     path = resolve_model(model, model_option)
     graph = apply_input_dims(load_graph(path), input_dims)
     compiled = qir.compile(graph, target=target, num_threads=num_threads, opt_level=opt_level,
                            quantize=scheme, calibration=None if calib is None else str(calib),
                            progress=scheme is not None)
     compiled.save(output, created_by=creator(path, target, num_threads, opt_level, scheme, calib,
-                                             input_dims))
+                                             input_dims, arch), library_arch=arch)
     files = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
     click.echo(f"wrote {output}/ ({target}, {len(compiled.graph.nodes)} nodes"
                + (f", {scheme}" if scheme else "") + f"): {', '.join(files)}")

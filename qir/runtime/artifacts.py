@@ -58,6 +58,8 @@ INPUT_SPECS = "input_specs.json"
 ENCODINGS = "quantization_config.json"
 GRAPH = "model.qirb"
 CONTEXT_DIR = "context_binaries"
+LIBRARY = "model.so"  # kryo only, on request: a standalone library (qir.targets.kryo.library)
+LIBRARY_HEADER = "model_abi.h"
 
 #: What ``save`` records as the creator when the caller does not say.
 DEFAULT_CREATOR = "qir.CompiledModel.save"
@@ -165,7 +167,22 @@ def _is_quantized(graph: Graph) -> bool:
     return any(isinstance(v.type, TensorType) and v.type.quant is not None for v in graph.values())
 
 
-def artifact_files(model: "CompiledModel", *, encodings_dir: Path) -> dict[str, bytes]:
+def library_files(model: "CompiledModel", arch: str, workdir: Path) -> dict[str, bytes]:
+    """``model.so`` (the kryo model library with the C ABI of ``model_abi.h``, built for ``arch``)
+    and that header."""
+    if model.target != "kryo":
+        raise OptionError(f"a model library is built by target kryo, not {model.target!r}",
+                          hint="qirc compile MODEL --target kryo --arch aarch64 -o OUT")
+    from qir.targets.kryo.library import HEADER, build_model_library
+
+    so = build_model_library(model.graph, workdir / LIBRARY, arch=arch)
+    data = so.read_bytes()
+    so.unlink()
+    return {LIBRARY: data, LIBRARY_HEADER: HEADER.read_bytes()}
+
+
+def artifact_files(model: "CompiledModel", *, encodings_dir: Path,
+                   library_arch: str | None = None) -> dict[str, bytes]:
     """Every file of the artifact but the manifest: relative path → bytes."""
     files = {context_path(model.target): wrap_context(model.target, bytes(model.blob)),
              INPUT_SPECS: _dump_json(specs_json(model)),
@@ -176,6 +193,8 @@ def artifact_files(model: "CompiledModel", *, encodings_dir: Path) -> dict[str, 
         path = encodings_dir / ENCODINGS
         dump_encodings(model.graph, path)
         files[ENCODINGS] = path.read_bytes()
+    if library_arch is not None:
+        files.update(library_files(model, library_arch, encodings_dir))
     return files
 
 
@@ -192,8 +211,9 @@ def build_manifest(model: "CompiledModel", files: dict[str, bytes], created_by: 
 
 
 def save_artifact(model: "CompiledModel", path: str | os.PathLike, *,
-                  created_by: str | None = None) -> Path:
+                  created_by: str | None = None, library_arch: str | None = None) -> Path:
     """Write ``model`` as an artifact folder at ``path`` (atomically; see the module docstring).
+    ``library_arch`` (kryo): also write ``model.so`` for that architecture and ``model_abi.h``.
 
     An existing ``path`` is replaced only once the new folder is complete, and only when it is
     empty or itself an artifact (a folder with a manifest.json), so that no user files are lost.
@@ -203,7 +223,7 @@ def save_artifact(model: "CompiledModel", path: str | os.PathLike, *,
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()  # not mkdtemp: the folder gets the user's usual permissions (umask), not 0700
     try:
-        files = artifact_files(model, encodings_dir=tmp)
+        files = artifact_files(model, encodings_dir=tmp, library_arch=library_arch)
         files[MANIFEST] = _dump_json(build_manifest(model, files, created_by or DEFAULT_CREATOR))
         for name, data in files.items():
             target = tmp / name

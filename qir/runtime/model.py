@@ -63,11 +63,13 @@ class CompiledModel:
         """The target's loaded executable (the profiler calls its optional ``run_profiled``)."""
         return self._executable
 
-    def save(self, path: Any, *, created_by: str | None = None) -> Any:
-        """Write the model as an artifact folder (qir.runtime.artifacts); ``qir.load`` reads it."""
+    def save(self, path: Any, *, created_by: str | None = None, library_arch: str | None = None) -> Any:
+        """Write the model as an artifact folder (qir.runtime.artifacts); ``qir.load`` reads it.
+        ``library_arch`` (target kryo: ``"x86_64"`` or ``"aarch64"``) adds ``model.so``, a
+        standalone library with the C ABI of ``model_abi.h`` (also written)."""
         from qir.runtime.artifacts import save_artifact
 
-        return save_artifact(self, path, created_by=created_by)
+        return save_artifact(self, path, created_by=created_by, library_arch=library_arch)
 
     def __repr__(self) -> str:
         return f"CompiledModel(target={self.target!r}, inputs={[s.name for s in self.inputs]}, " \

@@ -121,3 +121,23 @@ def test_bench_an_artifact_over_thread_counts(tmp_path):
     assert "needs an .onnx MODEL" in qirc("bench", tmp_path / "out", "--compare", "onnxruntime",
                                           code=1).output
     assert "positive integers" in qirc("bench", MODEL, "--threads", "0", code=1).output
+
+
+def test_compile_kryo_model_library(tmp_path):
+    """--arch writes model.so (the C ABI of model_abi.h) beside the context binary; the manifest
+    checksums both, and the artifact still loads."""
+    pytest.importorskip("llvmlite")
+    import shutil
+
+    if shutil.which("ld.lld-16") is None:
+        pytest.skip("ld.lld-16 is not installed (make install-toolchains)")
+    out = tmp_path / "lib"
+    result = CliRunner().invoke(cli, ["compile", str(DIGITS / "digits.onnx"), "--target", "kryo", "--arch", "x86_64",
+                                      "--input-dim", "input", "2,1,8,8", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"model.so", "model_abi.h"} <= set(manifest["files"])
+    assert qir.load(out).target == "kryo"
+    refused = CliRunner().invoke(cli, ["compile", str(DIGITS / "digits.onnx"), "--arch", "x86_64", "-o",
+                                       str(tmp_path / "x")])
+    assert refused.exit_code != 0 and "kryo" in refused.output

@@ -83,9 +83,28 @@ def _host(name: str) -> Host:
     return Host(llvm.get_host_cpu_name(), feats.flatten(), ISAS[name], llvm.get_process_triple())
 
 
-def target_machine(h: Host):
-    """A fresh TargetMachine (MCJIT takes ownership of it, so never share one)."""
+def target_machine(h: Host, codemodel: str = "jitdefault"):
+    """A fresh TargetMachine (MCJIT takes ownership of it, so never share one).
+
+    ``codemodel="small"`` for objects linked by a system linker (qir.targets.kryo.library)."""
     _init()
     target = llvm.Target.from_triple(h.triple)
     return target.create_target_machine(cpu=h.cpu, features=h.features, opt=3, reloc="pic",
-                                        codemodel="jitdefault")
+                                        codemodel=codemodel)
+
+
+# -- cross targets (qir.targets.kryo.library builds standalone libraries for them) --
+
+#: 128-bit NEON: 4 fp32 lanes, 32 vector registers, fused multiply-add.
+NEON = VectorISA("neon", lanes=4, registers=32)
+
+
+@lru_cache(maxsize=None)
+def aarch64_host() -> Host:
+    """AArch64 Linux with NEON, tuned for Cortex-A76 (≈ Kryo 4xx/5xx Gold cores).
+
+    Only fp32 NEON is generated (no dotprod/fp16 instructions); the digits model built this way
+    also ran under ``qemu-aarch64 -cpu cortex-a53`` (Armv8.0). Cross-compiled, never run here."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    return Host("cortex-a76", "+neon", NEON, "aarch64-unknown-linux-gnu")
