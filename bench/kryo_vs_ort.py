@@ -191,6 +191,63 @@ def bench(name: str, path: str, threads: int, runs: int, spin: bool = False) -> 
                 compile_s=compile_s, fallback=len(spec.lowered.fallback), isa=spec.lowered.isa.name)
 
 
+def bench_int8(name: str, path: str, threads: int, runs: int, spin: bool = False) -> dict:
+    """qir int8 (qir.compile(quantize="int8")) vs onnxruntime on the QDQ model from
+    onnxruntime.quantization.quantize_static (u8 activations, per-channel s8 weights), both
+    calibrated on the same 8 random inputs, run interleaved. Errors are relative to fp32 ORT."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    import qir
+
+    ort.set_default_logger_severity(3)  # quantize_static's models make ORT warn about unused initializers
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal(INPUTS[name]).astype(np.float32) for _ in range(8)]
+    x = rng.standard_normal(INPUTS[name]).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": c} for c in calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    qdq = path.replace(".onnx", ".qdq.onnx")
+    quantize_static(path, qdq, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    t0 = time.perf_counter()
+    m = qir.compile(path, target="kryo", num_threads=threads, quantize="int8",
+                    calibration=[{"input": c} for c in calib])
+    compile_s = time.perf_counter() - t0
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(qdq, so, providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    scale = max(float(np.abs(ref).max()), 1e-30)
+    err_q = float(np.abs(m.run({"input": x})["output"] - ref).max()) / scale
+    err_o = float(np.abs(sess.run(None, {"input": x})[0] - ref).max()) / scale
+    tq, to = [], []
+    for _ in range(3):
+        m.run({"input": x})
+        sess.run(None, {"input": x})
+    for _ in range(runs):
+        t = time.perf_counter()
+        m.run({"input": x})
+        tq.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sess.run(None, {"input": x})
+        to.append(time.perf_counter() - t)
+    pq, po = statistics.median(tq), statistics.median(to)
+    spec = next(iter(m._executable._specs.values()))
+    return dict(model=name + "-int8", threads=threads, qir_ms=pq * 1e3, ort_ms=po * 1e3, ratio=po / pq,
+                compile_s=compile_s, fallback=len(spec.lowered.fallback), isa=spec.lowered.isa.name,
+                err_qir=err_q, err_ort=err_o)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,mobilenetv2,transformer")
@@ -199,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ort-spin", action="store_true",
                     help="let onnxruntime's threads spin-wait between runs (its default; unfair when "
                          "interleaved: the spinning threads occupy the cores qir's threads need)")
+    ap.add_argument("--int8", action="store_true",
+                    help="also qir int8 vs onnxruntime's QDQ model (quantize_static) for the CNNs")
     args = ap.parse_args(argv)
     print(f"CPU: {_cpu_model()} ({os.cpu_count()} logical CPUs visible); batch 1 (CNNs 224x224, "
           f"transformer seq 128 d 256), fp32")
@@ -212,6 +271,13 @@ def main(argv=None) -> int:
                       f"ort p50 {r['ort_ms']:8.2f} ms ({r['ort_gflops']:6.1f} GFLOP/s)  "
                       f"ORT/qir {r['ratio']:.2f}x  [{r['gflop']:.2f} GFLOP, compile {r['compile_s']:.1f} s, "
                       f"fallback nodes {r['fallback']}, max rel err {r['rel_err']:.1e}]", flush=True)
+                if args.int8 and name != "transformer":
+                    r = bench_int8(name, path, th, args.runs, args.ort_spin)
+                    print(f"{r['model']:12s} threads={r['threads']} isa={r['isa']} "
+                          f"qir p50 {r['qir_ms']:8.2f} ms  ort QDQ p50 {r['ort_ms']:8.2f} ms  "
+                          f"ORT/qir {r['ratio']:.2f}x  [compile {r['compile_s']:.1f} s, fallback nodes "
+                          f"{r['fallback']}, max err vs fp32: qir {r['err_qir']:.1e}, ORT {r['err_ort']:.1e}]",
+                          flush=True)
     return 0
 
 

@@ -168,6 +168,7 @@ class RowSchedule:
     lanes: int
     eps: float = 0.0
     bias: bool = False
+    inner: int = 1  # softmax over an inner axis: the row's floats are ``inner`` apart
 
 
 @attrs.frozen
@@ -176,7 +177,7 @@ class NodeKernel:
     activation input and output, and the scratch bytes it needs while it runs."""
 
     node: str
-    kernel: str  # conv, gemm, pool, eltwise, concat, split, rows, transpose, attention
+    kernel: str  # conv, gemm, matmul, pool, eltwise, concat, split, rows, transpose, attention, lrn
     schedule: object
     geometry: ConvGeometry | None = None
     epilogue: Epilogue = Epilogue()
@@ -343,8 +344,8 @@ def _gemm_rule(node: Node, isa: VectorISA) -> NodeKernel:
     c_ = node.inputs[2] if len(node.inputs) > 2 else None
     for v in (a_, b_, node.output):
         _f32(v)
-    if b_.const is None:
-        raise Unsupported("B is not constant (weights must be packed at compile time)")
+    if b_.const is None:  # nothing to pack: the row kernel reads B in place
+        return _matmul_rt_rule(node, isa)
     at = _attrs(node) if node.op != "linalg.matmul" else {"transA": 0, "transB": 0, "alpha": 1.0,
                                                           "beta": 1.0}
     if at["transA"]:
@@ -371,6 +372,78 @@ def _gemm_rule(node: Node, isa: VectorISA) -> NodeKernel:
     return NodeKernel(node.name, "gemm", sched, geo, ep)
 
 
+@attrs.frozen
+class MatmulSchedule:
+    """A product whose B is computed (batched MatMul, attention's q·kᵀ, Gemm with B an input):
+    work items are rows of A; per row, vectors of output columns accumulate over K (B as is) or
+    each output is a dot product along K (transB). ``a_offsets`` / ``b_offsets``: the float offset
+    of each output batch's A and B matrices (batch broadcasting as numpy.matmul); C (Gemm)
+    broadcasts through ``c_strides`` (row, column; 0 repeats), None when there is no C."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    trans_a: bool
+    trans_b: bool
+    a_offsets: tuple[int, ...]
+    b_offsets: tuple[int, ...]
+    lanes: int
+    alpha: float = 1.0
+    beta: float = 1.0
+    c_strides: tuple[int, int] | None = None
+
+
+#: Most output batches of a MatmulSchedule (their offsets become constant tables in the code).
+MAX_MATMUL_BATCH = 1 << 16
+
+
+def _batch_offsets(shape: tuple[int, ...], out: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """Float offset of each batch of ``out`` in an operand with batch dims ``shape`` (broadcast)."""
+    import numpy as np
+
+    idx = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+    return tuple(int(v) * size for v in np.broadcast_to(idx, out).reshape(-1))
+
+
+def _matmul_rt_rule(node: Node, isa: VectorISA) -> NodeKernel:
+    a_, b_ = node.inputs[0], node.inputs[1]
+    c_ = node.inputs[2] if len(node.inputs) > 2 else None
+    as_, bs = _shape(a_), _shape(b_)
+    _shape(node.output)
+    if node.op == "linalg.matmul":  # numpy.matmul: 1-D operands get a dim of 1, batch dims broadcast
+        at = {"transA": 0, "transB": 0, "alpha": 1.0, "beta": 1.0}
+        lhs = (1, *as_) if len(as_) == 1 else as_
+        rhs = (*bs, 1) if len(bs) == 1 else bs
+    else:
+        at = _attrs(node)
+        lhs, rhs = as_, bs
+    ta, tb = bool(at["transA"]), bool(at["transB"])
+    m, k = (lhs[-1], lhs[-2]) if ta else (lhs[-2], lhs[-1])
+    n = rhs[-2] if tb else rhs[-1]
+    try:
+        import numpy as np
+
+        out_batch = tuple(np.broadcast_shapes(lhs[:-2], rhs[:-2]))
+    except ValueError as exc:
+        raise Unsupported(f"batch dims {lhs[:-2]} and {rhs[:-2]} do not broadcast") from exc
+    batch = math.prod(out_batch)
+    if batch > MAX_MATMUL_BATCH:
+        raise Unsupported(f"{batch} batches (at most {MAX_MATMUL_BATCH})")
+    c_strides = None
+    if c_ is not None:
+        _f32(c_)
+        cs = _shape(c_)
+        cm, cn = ((1, 1) + cs)[-2:]
+        if len(cs) > 2 or cm not in (1, m) or cn not in (1, n):
+            raise Unsupported(f"C of shape {cs} does not broadcast to [{m}, {n}]")
+        c_strides = (cn if cm > 1 else 0, 1 if cn > 1 else 0)
+    sched = MatmulSchedule(batch, m, n, k, ta, tb, _batch_offsets(lhs[:-2], out_batch, m * k),
+                           _batch_offsets(rhs[:-2], out_batch, k * n), isa.lanes, float(at["alpha"]),
+                           float(at["beta"]), c_strides)
+    return NodeKernel(node.name, "matmul", sched, epilogue=_epilogue_of(node, at))
+
+
 def _pool_geometry(node: Node, x: Value, y: Value, a: dict) -> ConvGeometry:
     xs, ys = _shape(x), _shape(y)
     if len(xs) != 4:
@@ -380,8 +453,8 @@ def _pool_geometry(node: Node, x: Value, y: Value, a: dict) -> ConvGeometry:
     dil = list(a.get("dilations") or ()) or [1, 1]
     if dil != [1, 1]:
         raise Unsupported("dilated pooling")
-    if a.get("ceil_mode", 0):
-        raise Unsupported("ceil_mode=1")
+    # ceil_mode=1 only adds output pixels whose windows the kernel clips (the output shape,
+    # inferred by the op, says how many)
     pads = auto_pads(a.get("auto_pad", "NOTSET"), xs[2:], k, strides, dil, a.get("pads") or None)
     if any(p < 0 for p in pads) or pads[0] >= k[0] or pads[1] >= k[1]:
         raise Unsupported("pads as large as the window")
@@ -394,7 +467,7 @@ def _pool_geometry(node: Node, x: Value, y: Value, a: dict) -> ConvGeometry:
 def _pool_rule(node: Node, isa: VectorISA) -> NodeKernel:
     x = node.inputs[0]
     _f32(x)
-    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].users:
+    if len(node.outputs) > 1 and not _unused(node.outputs[1], node.graph):
         raise Unsupported("max_pool indices are used")
     a = _attrs(node)
     geo = _pool_geometry(node, x, node.outputs[0], a)
@@ -423,7 +496,7 @@ UNARY_OPS: dict[str, tuple[str, ...]] = {
     "elementwise.neg": (), "elementwise.abs": (), "elementwise.sqrt": (), "elementwise.exp": (),
     "elementwise.clip": (), "tensor.identity": (), "nn.gelu": (), "elementwise.erf": (),
 }
-BINARY_OPS = ("elementwise.add", "elementwise.sub", "elementwise.mul", "elementwise.div")
+BINARY_OPS = ("elementwise.add", "elementwise.sub", "elementwise.mul", "elementwise.div", "elementwise.pow")
 
 
 @rule(*UNARY_OPS)
@@ -463,8 +536,9 @@ def _binary_rule(node: Node, isa: VectorISA) -> NodeKernel:
         if (small.const is not None and len(ys) == 4 and len(ss) in (3, 4)
                 and ss[-3:] == (ys[1], 1, 1) and math.prod(ss) == ys[1]):
             return NodeKernel(node.name, "eltwise", EltwiseSchedule(node.op, isa.lanes, "channel", swap))
-        if small.const is not None and ss and ss[-1] == ys[-1] and math.prod(ss) == ys[-1]:
+        if ss and ss[-1] == ys[-1] and math.prod(ss) == ys[-1]:
             # a bias along the last axis (transformers): the row repeats over the flat data
+            # (constant: packed; computed: read in place, it is plain as every non-4-D value)
             return NodeKernel(node.name, "eltwise", EltwiseSchedule(node.op, isa.lanes, "row", swap))
     raise Unsupported(f"broadcast of {as_} with {bs} (same shape, scalar, or a constant per "
                       f"channel or along the last axis only)")
@@ -550,9 +624,16 @@ def _split_rule(node: Node, isa: VectorISA) -> NodeKernel:
 
 @attrs.frozen
 class AttentionSchedule:
-    """Scaled dot-product attention on 4-D [B, H, S, D] q/k/v; work items are blocks of query
-    rows of one head, which transpose that head's K on the stack (scores become vector FMAs),
-    then per row: softmax, and the rows of V accumulated into the output row."""
+    """Scaled dot-product attention; work items are blocks of query rows of one head, which
+    transpose that head's K on the stack (scores become vector FMAs), then per row: the mask,
+    softmax, and the rows of V accumulated into the output row.
+
+    ``strides``: for q, k, v and y, the float strides of (batch, head, row): 4-D [B, H, S, D]
+    values are contiguous per head, 3-D [B, S, H·D] ones interleave the heads. Grouped-query
+    heads: query head h reads KV head h // (heads / kv_heads). ``mask``: ``none``, ``float``
+    (added to the scores) or ``bool`` (false: -inf), read at (batch, head, row) ``mask_strides``
+    (0: broadcast) for its first ``mask_len`` keys, later keys masked. A query row with no
+    attendable key gives zeros."""
 
     batch_heads: int
     q_len: int
@@ -561,9 +642,40 @@ class AttentionSchedule:
     scale: float
     causal: bool
     lanes: int
+    heads: int = 1
+    kv_heads: int = 1
+    v_depth: int = 0  # 0: the key depth
+    strides: tuple[tuple[int, int, int], ...] = ()  # q, k, v, y; () = 4-D contiguous
+    mask: str = "none"
+    mask_strides: tuple[int, int, int] = (0, 0, 0)
+    mask_len: int = 0
 
 
 MAX_ATTENTION_STACK = 2**18  # bytes of kᵀ and scores a thread keeps on its stack
+
+
+def _attention_dims(node: Node, a: dict) -> tuple[int, int, int, int, int, int, int, tuple]:
+    """(batch, heads, kv_heads, q_len, kv_len, depth, v_depth, strides) of q/k/v and y."""
+    qs, ks, vs = (_shape(x) for x in node.inputs[:3])
+    if not len(qs) == len(ks) == len(vs) or len(qs) not in (3, 4):
+        raise Unsupported("q, k, v must all be 3-D [batch, seq, heads·depth] or 4-D [batch, heads, seq, depth]")
+    if len(qs) == 4:
+        (b, h, sq, d), (_, kh, skv, _), (_, _, _, dv) = qs, ks, vs
+        ok = qs[0] == ks[0] == vs[0] and ks[1] == vs[1] and ks[2] == vs[2] and qs[3] == ks[3]
+        strides = ((h * sq * d, sq * d, d), (kh * skv * d, skv * d, d), (kh * skv * dv, skv * dv, dv),
+                   (h * sq * dv, sq * dv, dv))
+    else:
+        h, kh = a["q_num_heads"], a["kv_num_heads"]
+        if not h or not kh or qs[2] % h or ks[2] % kh or vs[2] % kh:
+            raise Unsupported("3-D inputs need q_num_heads / kv_num_heads dividing the hidden sizes")
+        b, sq, skv = qs[0], qs[1], ks[1]
+        d, dv = qs[2] // h, vs[2] // kh
+        ok = qs[0] == ks[0] == vs[0] and ks[1] == vs[1] and ks[2] // kh == d
+        strides = ((sq * h * d, d, h * d), (skv * kh * d, d, kh * d), (skv * kh * dv, dv, kh * dv),
+                   (sq * h * dv, dv, h * dv))
+    if not ok or h % kh:
+        raise Unsupported(f"q {qs}, k {ks}, v {vs} are not attention shapes kryo handles")
+    return b, h, kh, sq, skv, d, dv, strides
 
 
 @rule("nn.attention")
@@ -571,26 +683,38 @@ def _attention_rule(node: Node, isa: VectorISA) -> NodeKernel:
     q, k, v = node.inputs[:3]
     for x in (q, k, v):
         _f32(x)
-    if any(x is not None for x in node.inputs[3:]):
-        raise Unsupported("masks, KV caches and sequence lengths")
+    if any(x is not None for x in node.inputs[4:]):
+        raise Unsupported("KV caches and sequence lengths")
     if any(not _unused(x, node.graph) for x in node.outputs[1:]):
         raise Unsupported("present_key / present_value / qk outputs are used")
-    qs, ks, vs = _shape(q), _shape(k), _shape(v)
-    if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
-        raise Unsupported("only 4-D [batch, heads, seq, depth] inputs")
-    if qs[:2] != ks[:2] or ks[:3] != vs[:3] or qs[3] != ks[3] or vs[3] != qs[3]:
-        raise Unsupported("grouped-query heads or a value depth other than the key depth")
     a = _attrs(node)
     if a["left_window_size"] >= 0 or a["right_window_size"] >= 0 or (a["softcap"] or 0) > 0:
         raise Unsupported("sliding windows or soft-capping")
     if a["softmax_precision"] not in (None, DType.FLOAT32):
         raise Unsupported("softmax precision other than float32")
-    kvp = -(-ks[2] // isa.lanes) * isa.lanes
-    if 4 * kvp * (qs[3] + 1) > MAX_ATTENTION_STACK:
+    b, h, kh, sq, skv, d, dv, strides = _attention_dims(node, a)
+    mask, mask_strides, mask_len = "none", (0, 0, 0), 0
+    m = node.inputs[3] if len(node.inputs) > 3 else None
+    if m is not None:
+        if not isinstance(m.type, TensorType) or m.type.dtype not in (DType.FLOAT32, DType.BOOL):
+            raise Unsupported(f"%{m.name} is {m.type}: masks must be fp32 or bool")
+        ms = _shape(m)
+        if len(ms) > 4:
+            raise Unsupported(f"mask of rank {len(ms)}")
+        mb, mh, mq, mk = (1,) * (4 - len(ms)) + ms
+        if mb not in (1, b) or mh not in (1, h) or mq not in (1, sq) or mk > skv:
+            raise Unsupported(f"mask of shape {ms} does not broadcast to [{b}, {h}, {sq}, {skv}]")
+        # a constant mask is packed as floats (bool: 0 / -inf)
+        mask = "bool" if m.type.dtype is DType.BOOL and m.const is None else "float"
+        mask_strides = (mh * mq * mk if mb > 1 else 0, mq * mk if mh > 1 else 0, mk if mq > 1 else 0)
+        mask_len = mk
+    kvp = -(-skv // isa.lanes) * isa.lanes
+    if 4 * kvp * (d + 1) > MAX_ATTENTION_STACK:
         raise Unsupported(f"keys × depth over {MAX_ATTENTION_STACK} bytes (kᵀ is kept on the stack)")
-    scale = a["scale"] if a["scale"] is not None else 1 / math.sqrt(qs[3])
+    scale = a["scale"] if a["scale"] is not None else 1 / math.sqrt(d)
     return NodeKernel(node.name, "attention", AttentionSchedule(
-        qs[0] * qs[1], qs[2], ks[2], qs[3], float(scale), bool(a["is_causal"]), isa.lanes))
+        b * h, sq, skv, d, float(scale), bool(a["is_causal"]), isa.lanes, h, kh, dv, strides, mask,
+        mask_strides, mask_len))
 
 
 def _unused(v: Value | None, graph: Graph) -> bool:
@@ -603,9 +727,37 @@ def _softmax_rule(node: Node, isa: VectorISA) -> NodeKernel:
     _f32(x)
     shape = _shape(x)
     axis = int(_attrs(node)["axis"]) % max(len(shape), 1)
-    if math.prod(shape[axis + 1:]) != 1:  # trailing dims of size 1 make any axis the last one
-        raise Unsupported("softmax over an axis other than the last")
-    return NodeKernel(node.name, "rows", RowSchedule("softmax", math.prod(shape[:axis]), shape[axis], isa.lanes))
+    # over an inner axis the rows are strided: the kernel vectorizes over the trailing dims
+    inner = math.prod(shape[axis + 1:])
+    return NodeKernel(node.name, "rows", RowSchedule("softmax", math.prod(shape[:axis]), shape[axis], isa.lanes,
+                                                     inner=inner))
+
+
+@attrs.frozen
+class LrnSchedule:
+    """Local response normalization across channels, y = x / (bias + alpha/size·Σ x²)^beta over
+    the ``size`` channels around each one: per pixel over a zero-padded row of squares (NHWC) or
+    per channel plane, vectorized over pixels (plain)."""
+
+    size: int
+    alpha: float
+    beta: float
+    bias: float
+    lanes: int
+
+
+@rule("nn.lrn")
+def _lrn_rule(node: Node, isa: VectorISA) -> NodeKernel:
+    x = node.inputs[0]
+    _f32(x)
+    _f32(node.output)
+    if len(_shape(x)) < 2:
+        raise Unsupported("LRN needs [N, C, ...] inputs")
+    a = _attrs(node)
+    if int(a["size"]) < 1:
+        raise Unsupported(f"size={a['size']}")
+    return NodeKernel(node.name, "lrn", LrnSchedule(int(a["size"]), float(a["alpha"]), float(a["beta"]),
+                                                    float(a["bias"]), isa.lanes))
 
 
 @rule("nn.layer_normalization")
@@ -616,14 +768,19 @@ def _layer_norm_rule(node: Node, isa: VectorISA) -> NodeKernel:
     a = _attrs(node)
     if a["stash_type"] != 1:
         raise Unsupported("stash_type other than float32")
-    if any(not _unused(v, node.graph) for v in node.outputs[1:]):
-        raise Unsupported("mean / inv_std_dev outputs are used")
+    stats = [v for v in node.outputs[1:] if not _unused(v, node.graph)]
+    for v in stats:  # mean / inv_std_dev, one float per row
+        _f32(v)
     shape = _shape(x)
     axis = int(a["axis"]) % len(shape)
-    for v in (scale, b):
-        if v is not None and (v.const is None or v.type.dtype is not DType.FLOAT32):
-            raise Unsupported("scale and bias must be constant fp32")
     length = math.prod(shape[axis:])
+    for v in (scale, b):
+        if v is None:
+            continue
+        _f32(v)
+        # constants are broadcast when packed; a computed one is read as is
+        if v.const is None and math.prod(_shape(v)) != length:
+            raise Unsupported(f"computed %{v.name} does not cover all {length} normalized elements")
     return NodeKernel(node.name, "rows", RowSchedule("layer_norm", math.prod(shape[:axis]), length, isa.lanes,
                                                      float(a["epsilon"]), b is not None))
 
@@ -636,19 +793,53 @@ def choose_kernel(node: Node, isa: VectorISA) -> NodeKernel | str:
     if node.subgraphs():
         return "has subgraphs"
     try:
-        return fn(node, isa)
+        k = fn(node, isa)
     except Unsupported as exc:
         return str(exc)
+    in_place = _in_place_inputs(node, k)
+    for i in in_place or ():
+        v = node.inputs[i] if i < len(node.inputs) else None
+        # kernels read these operands in place, from the arena or the caller's arrays; a constant
+        # has neither address (constants a kernel needs are packed into the weights blob instead)
+        if v is not None and v.const is not None:
+            return f"constant %{v.name} would be read in place (kernels read only packed constants)"
+    return k
+
+
+#: Input indices each kernel kind reads in place as data (not packed, not compile-time attributes
+#: such as clip bounds, split sizes or reshape shapes); None: all inputs.
+IN_PLACE_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "conv": (0, 3), "gemm": (0,), "matmul": (0, 1), "attention": (0, 1, 2), "lrn": (0,), "pool": (0,),
+    "split": (0,), "transpose": (0,), "concat": None, "rows": (0,),
+}
+
+
+def _in_place_inputs(node: Node, k: NodeKernel) -> tuple[int, ...] | None:
+    """The inputs ``k`` reads in place (an empty tuple for kernel kinds this check does not know,
+    e.g. the integer ones)."""
+    if k.kernel == "eltwise":
+        s = k.schedule
+        if s.op in BINARY_OPS:  # the broadcast operand of scalar/channel/row modes is packed if constant
+            return (0, 1) if s.mode == "same" else ((1,) if s.swap else (0,))
+        return (0,)
+    if k.kernel not in IN_PLACE_INPUTS:
+        return ()
+    found = IN_PLACE_INPUTS[k.kernel]
+    return tuple(range(len(node.inputs))) if found is None else found
 
 
 # -- layouts -------------------------------------------------------------------------------
 
 def _layout_slots(node: Node, k: NodeKernel) -> tuple[list[int], bool]:
     """Input indices of ``node`` that may be NHWC, and whether its output may be."""
+    if k.kernel in kernels_int8.LAYOUT_SLOTS:
+        return kernels_int8.LAYOUT_SLOTS[k.kernel](node, k)
     if k.kernel in ("conv",):
         return [0, 3], True
     if k.kernel == "pool":
         return [0], not k.schedule.kind.startswith("global")
+    if k.kernel == "lrn":  # input and output in one layout (kept together like eltwise)
+        return [0], True
     if k.kernel == "concat":
         nhwc_ok = k.schedule.axis == 1 and len(resolve_shape(node.output, {})[0]) == 4
         return (list(range(len(node.inputs))) if nhwc_ok else []), nhwc_ok
@@ -686,7 +877,7 @@ def _assign_layouts(graph: Graph, kernels: dict[str, NodeKernel]) -> dict[str, s
                 if i not in slots:
                     layouts[v.name] = PLAIN
                     changed = True
-            if k is not None and k.kernel in ("eltwise", "concat"):
+            if k is not None and k.kernel in ("eltwise", "concat", "lrn", "qeltwise"):
                 group = [v for i, v in enumerate(node.inputs) if i in slots] + [node.output]
                 if any(layouts.get(v.name, PLAIN) == PLAIN for v in group) and any(
                         layouts.get(v.name) == NHWC for v in group):
@@ -762,6 +953,8 @@ def _align(n: int, a: int = 64) -> int:
 
 def _weight_sizes(node: Node, k: NodeKernel) -> dict[str, int]:
     """Float counts of the packed constants a kernel reads (see qir.targets.kryo.pack)."""
+    if k.kernel in kernels_int8.WEIGHT_SIZES:
+        return kernels_int8.WEIGHT_SIZES[k.kernel](node, k)
     if k.kernel in ("conv", "gemm"):
         g, s = k.geometry, k.schedule
         cg, mg = g.c // g.groups, g.m // g.groups
@@ -776,9 +969,13 @@ def _weight_sizes(node: Node, k: NodeKernel) -> dict[str, int]:
         if k.epilogue.bias:
             sizes["b"] = g.groups * panels * s.gemm.nr
         return sizes
+    if k.kernel == "attention" and k.schedule.mask != "none" and node.inputs[3].const is not None:
+        return {"mask": int(node.inputs[3].const.size)}
+    if k.kernel == "matmul" and k.schedule.c_strides is not None and node.inputs[2].const is not None:
+        return {"c": int(node.inputs[2].const.size)}
     if k.kernel == "rows" and k.schedule.kind == "layer_norm":
-        sizes = {"scale": k.schedule.length}
-        if k.schedule.bias:
+        sizes = {"scale": k.schedule.length} if node.inputs[1].const is not None else {}
+        if k.schedule.bias and node.inputs[2].const is not None:
             sizes["bias"] = k.schedule.length
         return sizes
     if k.kernel == "eltwise" and k.schedule.mode in ("scalar", "channel", "row"):
@@ -822,8 +1019,11 @@ def lower_graph(graph: Graph, isa: VectorISA, *,
         conv = conversions(node, k, layouts)
         if conv.total:
             kernels[node.name] = k = attrs.evolve(k, scratch=conv.total)
-        scratch = max(scratch, conv.total)
+        scratch = max(scratch, conv.total, k.scratch)
         for key, size in _weight_sizes(node, k).items():
             weights[(node.name, key)] = WeightSlot(wsize, size)
             wsize += _align(size, 16)
     return LoweredGraph(graph, isa, kernels, fallback, layouts, plan, scratch, weights, wsize)
+
+
+from qir.lowering import kernels_int8  # noqa: E402  (registers the qint rules; imports this module)

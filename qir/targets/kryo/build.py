@@ -22,6 +22,7 @@ from llvmlite import ir
 from qir.ir.graph import Node, Value
 from qir.lowering.kernels import NHWC, PLAIN, LoweredGraph, NodeKernel, conversions
 from qir.targets.kryo import codegen as cg
+from qir.targets.kryo import codegen_int8 as cg8
 from qir.targets.kryo.host import Host, target_machine
 
 def _source_digest() -> str:
@@ -32,7 +33,8 @@ def _source_digest() -> str:
     import qir.lowering.memory as lm
 
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")) + [Path(lk.__file__), Path(lm.__file__)]:
+    for path in sorted(Path(__file__).parent.glob("*.py")) + [Path(lk.__file__), Path(lm.__file__),
+                                                                   Path(lk.kernels_int8.__file__)]:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
@@ -101,9 +103,14 @@ class ModuleBuilder:
         e = cg.Emitter(self.module, fn, self.isa.fma, self.nt, fn.args[3])
         e.ctrl = self.control(e)
         k = self.lw.kernels[node.name]
+        if k.kernel in cg8.EMITTERS:  # integer kernels (qint ops)
+            cg8.EMITTERS[k.kernel](self, e, node, k)
+            e.finish()
+            return fn
         {"conv": self._conv, "gemm": self._gemm, "pool": self._pool, "eltwise": self._eltwise,
          "concat": self._concat, "split": self._split, "rows": self._rows,
-         "transpose": self._transpose, "attention": self._attention}[k.kernel](e, node, k)
+         "transpose": self._transpose, "attention": self._attention, "lrn": self._lrn,
+         "matmul": self._matmul}[k.kernel](e, node, k)
         e.finish()
         return fn
 
@@ -244,16 +251,44 @@ class ModuleBuilder:
     def _attention(self, e: cg.Emitter, node: Node, k: NodeKernel) -> None:
         s = k.schedule
         q, kk, v = (self.vptr(e, x) for x in node.inputs[:3])
-        cg.attention_body(e, batch_heads=s.batch_heads, q_len=s.q_len, kv_len=s.kv_len, depth=s.depth,
-                          scale=s.scale, causal=s.causal, lanes=s.lanes, q=q, k=kk, v=v,
-                          y=self.vptr(e, node.outputs[0]))
+        mask = None
+        if s.mask != "none":
+            m = node.inputs[3]
+            mask = self.wptr(e, node, "mask") if m.const is not None else self.vptr(e, m)
+        cg.attention_body(e, s, q, kk, v, self.vptr(e, node.outputs[0]), mask)
+
+    def _matmul(self, e: cg.Emitter, node: Node, k: NodeKernel) -> None:
+        s, ep = k.schedule, k.epilogue
+        c = None
+        if s.c_strides is not None:
+            cv = node.inputs[2]
+            c = self.wptr(e, node, "c") if cv.const is not None else self.vptr(e, cv)
+        cg.matmul_body(e, s, ep.activation, ep.params, self.vptr(e, node.inputs[0]), self.vptr(e, node.inputs[1]),
+                       c, self.vptr(e, node.output))
+
+    def _lrn(self, e: cg.Emitter, node: Node, k: NodeKernel) -> None:
+        s = k.schedule
+        shape = _static(node.inputs[0])
+        cg.lrn_body(e, n=shape[0], c=shape[1], pixels=math.prod(shape[2:]), nhwc=self._layout(node.output) == NHWC,
+                    size=s.size, alpha=s.alpha, beta=s.beta, bias=s.bias, lanes=self.isa.lanes,
+                    x=self.vptr(e, node.inputs[0]), y=self.vptr(e, node.output))
 
     def _rows(self, e: cg.Emitter, node: Node, k: NodeKernel) -> None:
         s = k.schedule
-        scale = self.wptr(e, node, "scale") if s.kind == "layer_norm" else None
-        bias = self.wptr(e, node, "bias") if s.bias else None
+        if s.inner > 1:  # softmax over an inner axis
+            cg.softmax_strided_body(e, s.rows, s.length, s.inner, self.isa.lanes, self.vptr(e, node.inputs[0]),
+                                    self.vptr(e, node.outputs[0]))
+            return
+        def operand(i: int, key: str):  # packed constant, or a computed value read in place
+            v = node.inputs[i]
+            return self.wptr(e, node, key) if v.const is not None else self.vptr(e, v)
+
+        scale = operand(1, "scale") if s.kind == "layer_norm" else None
+        bias = operand(2, "bias") if s.bias else None
+        stats = [self.vptr(e, v) if v is not None and v.name in self.lw.plan.buffers else None
+                 for v in list(node.outputs[1:3]) + [None] * (3 - len(node.outputs))]
         cg.rows_body(e, s.kind, s.rows, s.length, self.isa.lanes, self.vptr(e, node.inputs[0]),
-                     self.vptr(e, node.outputs[0]), scale, bias, s.eps)
+                     self.vptr(e, node.outputs[0]), scale, bias, s.eps, mean_out=stats[0], inv_out=stats[1])
 
     def _transpose(self, e: cg.Emitter, node: Node, k: NodeKernel) -> None:
         cg.transpose_body(e, k.schedule.shape, k.schedule.perm, self.vptr(e, node.inputs[0]),

@@ -376,7 +376,8 @@ UNARY.update({
     "elementwise.erf": lambda e, x, p, l: erf(e, x, l),
 })
 BINARY: dict[str, str] = {"elementwise.add": "fadd", "elementwise.sub": "fsub",
-                          "elementwise.mul": "fmul", "elementwise.div": "fdiv"}
+                          "elementwise.mul": "fmul", "elementwise.div": "fdiv",
+                          "elementwise.pow": "llvm.pow"}  # llvm.pow: libm's powf per lane
 
 
 # -- partial vectors -----------------------------------------------------------------------
@@ -731,8 +732,13 @@ def eltwise_body(e: Emitter, op: str, params, mode: str, swap: bool, n: int, c: 
         return
     opname = BINARY[op]
 
+    def apply(u, v):
+        if opname.startswith("llvm."):
+            return b.call(_intrinsic(e.module, opname, getattr(u.type, "count", 1), 2), [u, v])
+        return getattr(b, opname)(u, v)
+
     def combine(u, v):
-        return getattr(b, opname)(v, u) if swap else getattr(b, opname)(u, v)
+        return apply(v, u) if swap else apply(u, v)
 
     if mode == "same":
         emit_map_parallel(e, n, lanes, lambda i, ln: e.store(combine(e.load(e.ptr(a, i), ln), e.load(e.ptr(bb, i), ln)),
@@ -904,8 +910,9 @@ def _reduce_row(e: Emitter, n: int, lanes: int, init: float, combine, load):
 
 
 def rows_body(e: Emitter, kind: str, rows: int, n: int, lanes: int, x, y, scale=None, bias=None,
-              eps: float = 0.0) -> None:
-    """Softmax or layer normalization of each row of ``n`` floats (rows split across threads)."""
+              eps: float = 0.0, mean_out=None, inv_out=None) -> None:
+    """Softmax or layer normalization of each row of ``n`` floats (rows split across threads);
+    layer normalization also stores each row's mean and 1/std to ``mean_out`` / ``inv_out``."""
     b = e.b
 
     def row(r):
@@ -932,6 +939,10 @@ def rows_body(e: Emitter, kind: str, rows: int, n: int, lanes: int, x, y, scale=
             return b.fmul(d, d)
         var = b.fdiv(_reduce_row(e, n, lanes, 0.0, b.fadd, sq), cf(float(n)))
         inv = b.fdiv(cf(1.0), e.call1("llvm.sqrt", b.fadd(var, cf(eps)), 1))
+        if mean_out is not None:
+            b.store(mean, e.ptr(mean_out, r), align=4)
+        if inv_out is not None:
+            b.store(inv, e.ptr(inv_out, r), align=4)
 
         def norm(i, ln):
             v = b.fmul(b.fsub(e.load(e.ptr(xr, i), ln), e.splat(mean, ln)), e.splat(inv, ln))
@@ -966,31 +977,38 @@ def transpose_body(e: Emitter, shape, perm, x, y) -> None:
     level(0, c64(0), c64(0))
 
 
-def attention_body(e: Emitter, *, batch_heads: int, q_len: int, kv_len: int, depth: int, scale: float,
-                   causal: bool, lanes: int, q, k, v, y) -> None:
-    """softmax(scale·q·kᵀ [causal: keys j ≤ i]) · v (see AttentionSchedule).
+def attention_body(e: Emitter, s, q, k, v, y, mask=None) -> None:
+    """softmax(scale·q·kᵀ + mask [causal: keys j ≤ i]) · v for an AttentionSchedule ``s``.
 
-    Work items are blocks of query rows of one (batch, head). An item first transposes that
+    Work items are blocks of query rows of one (batch, head). An item first transposes its KV
     head's K into a stack buffer kᵀ [depth][kv rounded up to vectors], so that a row's scores are
     a vector FMA per depth step (a broadcast q value times a kᵀ row: no horizontal sums); then
-    the softmax over the row's keys, and the rows of V accumulated into the output row."""
+    the mask, the softmax over the row's keys, and the rows of V accumulated into the output row.
+    A row whose keys are all masked gets zeros (no 0/0)."""
     b = e.b
+    lanes, depth, kv_len, q_len = s.lanes, s.depth, s.kv_len, s.q_len
+    dv = s.v_depth or depth
+    strides = s.strides or ((s.heads * q_len * depth, q_len * depth, depth),
+                            (s.kv_heads * kv_len * depth, kv_len * depth, depth),
+                            (s.kv_heads * kv_len * dv, kv_len * dv, dv), (s.heads * q_len * dv, q_len * dv, dv))
+    (qsb, qsh, qss), (ksb, ksh, kss), (vsb, vsh, vss), (ysb, ysh, yss) = strides
+    group = s.heads // s.kv_heads
     kvp = -(-kv_len // lanes) * lanes
     rb = min(q_len, 32)
     blocks = -(-q_len // rb)
     kt = b.bitcast(e.alloca(ir.ArrayType(F32, depth * kvp)), FP)
     sp = b.bitcast(e.alloca(ir.ArrayType(F32, kvp)), FP)
+    mb = b.bitcast(mask, ir.IntType(8).as_pointer()) if s.mask == "bool" else mask
+    ninf = cf(float("-inf"))
 
     idx = ir.Constant(ir.VectorType(I64, lanes), [ir.Constant(I64, t) for t in range(lanes)]) \
         if lanes > 1 else c64(0)
-    nvd = depth // lanes if depth % lanes == 0 and depth // lanes <= 8 else 0
+    nvd = dv // lanes if dv % lanes == 0 and dv // lanes <= 8 else 0
 
-    def one_row(bh, i):
-        item = b.add(e.mul(bh, q_len), i)
-        qr = e.ptr(q, e.mul(item, depth))
-        vb = e.ptr(v, e.mul(bh, kv_len * depth))
-        yr = e.ptr(y, e.mul(item, depth))
-        n = e.imin(e.add(i, 1), c64(kv_len)) if causal else c64(kv_len)
+    def one_row(qb, vb, yb, mrow, i):
+        qr = e.ptr(q, b.add(qb, e.mul(i, qss)))
+        yr = e.ptr(y, b.add(yb, e.mul(i, yss)))
+        n = e.imin(e.add(i, 1), c64(kv_len)) if s.causal else c64(kv_len)
 
         def scores(jv):  # masked keys (causal, padding) score -inf
             def step(d, acc):
@@ -999,48 +1017,225 @@ def attention_body(e: Emitter, *, batch_heads: int, q_len: int, kv_len: int, dep
             acc = e.loop_carry(depth, [cf(0.0, lanes)], step)[0]
             j = b.add(e.splat(e.mul(jv, lanes), lanes) if lanes > 1 else e.mul(jv, lanes), idx)
             ok = b.icmp_signed("<", j, e.splat(n, lanes) if lanes > 1 else n)
-            e.store(b.select(ok, b.fmul(acc, cf(scale, lanes)), cf(float("-inf"), lanes)),
+            e.store(b.select(ok, b.fmul(acc, cf(s.scale, lanes)), cf(float("-inf"), lanes)),
                     e.ptr(sp, e.mul(jv, lanes)), lanes)
         e.loop(kvp // lanes, scores)
+        if s.mask != "none":  # keys past the mask's length are masked
+            def add_mask(j):
+                at = e.ptr(sp, j)
+                if s.mask == "bool":
+                    keep = b.icmp_unsigned("!=", b.load(b.gep(mb, [b.add(mrow, j)], inbounds=True)), ir.Constant(ir.IntType(8), 0))
+                    b.store(b.select(keep, b.load(at, align=4), ninf), at, align=4)
+                else:
+                    b.store(b.fadd(b.load(at, align=4), b.load(e.ptr(mb, b.add(mrow, j)), align=4)), at, align=4)
+            e.loop(s.mask_len, add_mask)
+            e.loop(kv_len - s.mask_len, lambda j: b.store(ninf, e.ptr(sp, j), align=4), start=s.mask_len)
         m = _reduce_row(e, kvp, lanes, float("-inf"), e.fmax, lambda j, ln: e.load(e.ptr(sp, j), ln))
+        dead = b.fcmp_ordered("==", m, ninf)  # no attendable key: zeros (vexp(-inf) is ~1e-38, not 0)
+        m = b.select(dead, cf(0.0), m)
 
         def expo(j, ln):
             pj = vexp(e, b.fsub(e.load(e.ptr(sp, j), ln), e.splat(m, ln)), ln)
             e.store(pj, e.ptr(sp, j), ln)
             return pj
         t = _reduce_row(e, kvp, lanes, 0.0, b.fadd, expo)
-        inv = e.splat(b.fdiv(cf(1.0), t), lanes)
+        tt = b.select(dead, cf(0.0), b.fdiv(cf(1.0), t))
+        inv = e.splat(tt, lanes)
         if nvd:  # output row in registers over all keys (masked ones have p = 0)
             def acc_key(j, acc):
                 pj = e.splat(b.load(e.ptr(sp, j), align=4), lanes)
-                vr = e.ptr(vb, e.mul(j, depth))
+                vr = e.ptr(v, b.add(vb, e.mul(j, vss)))
                 return [e.fma(pj, e.load(e.ptr(vr, d * lanes), lanes), acc[d], lanes) for d in range(nvd)]
             out = e.loop_carry(kv_len, [cf(0.0, lanes)] * nvd, acc_key)
             for d in range(nvd):
                 e.store(b.fmul(out[d], inv), e.ptr(yr, d * lanes), lanes)
             return
-        emit_map(e, depth, lanes, lambda d, ln: e.store(cf(0.0, ln), e.ptr(yr, d), ln))
+        emit_map(e, dv, lanes, lambda d, ln: e.store(cf(0.0, ln), e.ptr(yr, d), ln))
 
         def accumulate(j):
             pj = b.load(e.ptr(sp, j), align=4)
-            vr = e.ptr(vb, e.mul(j, depth))
-            emit_map(e, depth, lanes, lambda d, ln: e.store(
+            vr = e.ptr(v, b.add(vb, e.mul(j, vss)))
+            emit_map(e, dv, lanes, lambda d, ln: e.store(
                 e.fma(e.splat(pj, ln), e.load(e.ptr(vr, d), ln), e.load(e.ptr(yr, d), ln), ln), e.ptr(yr, d), ln))
         e.loop_rt(c64(0), n, accumulate)
-        tt = b.fdiv(cf(1.0), t)
-        emit_map(e, depth, lanes, lambda d, ln: e.store(b.fmul(e.load(e.ptr(yr, d), ln), e.splat(tt, ln)),
-                                                         e.ptr(yr, d), ln))
+        emit_map(e, dv, lanes, lambda d, ln: e.store(b.fmul(e.load(e.ptr(yr, d), ln), e.splat(tt, ln)),
+                                                      e.ptr(yr, d), ln))
 
     def item(it):
         bh = b.udiv(it, c64(blocks))
         blk = b.urem(it, c64(blocks))
-        kb = e.ptr(k, e.mul(bh, kv_len * depth))
+        bi, h = b.udiv(bh, c64(s.heads)), b.urem(bh, c64(s.heads))
+        hk = b.udiv(h, c64(group))
+        kb = e.ptr(k, b.add(e.mul(bi, ksb), e.mul(hk, ksh)))
+        vb = b.add(e.mul(bi, vsb), e.mul(hk, vsh))
+        qb, yb = b.add(e.mul(bi, qsb), e.mul(h, qsh)), b.add(e.mul(bi, ysb), e.mul(h, ysh))
+        mbase = b.add(e.mul(bi, s.mask_strides[0]), e.mul(h, s.mask_strides[1]))
         if kvp != kv_len:  # zero the padding keys' columns (their scores are never read)
             e.loop(depth, lambda d: e.loop(kvp - kv_len, lambda j: b.store(
                 cf(0.0), e.ptr(kt, b.add(e.mul(d, kvp), j)), align=4), start=kv_len))
         e.loop(kv_len, lambda j: e.loop(depth, lambda d: b.store(
-            b.load(e.ptr(kb, b.add(e.mul(j, depth), d)), align=4), e.ptr(kt, b.add(e.mul(d, kvp), j)), align=4)))
+            b.load(e.ptr(kb, b.add(e.mul(j, kss), d)), align=4), e.ptr(kt, b.add(e.mul(d, kvp), j)), align=4)))
         lo = e.mul(blk, rb)
         hi = e.imin(e.add(lo, rb), c64(q_len))
-        e.loop_rt(lo, hi, lambda i: one_row(bh, i))
-    e.parallel(batch_heads * blocks, item)
+        e.loop_rt(lo, hi, lambda i: one_row(qb, vb, yb, b.add(mbase, e.mul(i, s.mask_strides[2])), i))
+    e.parallel(s.batch_heads * blocks, item)
+
+
+# -- softmax over an inner axis and local response normalization -------------------------------
+
+def softmax_strided_body(e: Emitter, rows: int, n: int, inner: int, lanes: int, x, y) -> None:
+    """Softmax over an axis of ``n`` entries ``inner`` floats apart, for ``rows`` outer indices
+    (items split across threads): vectorized over the ``inner`` positions, each vector walks the
+    axis three times (max, exp and sum, scale)."""
+    b = e.b
+
+    def row(r):
+        xr, yr = e.ptr(x, e.mul(r, n * inner)), e.ptr(y, e.mul(r, n * inner))
+
+        def column(i, ln):
+            at = lambda base, c: e.ptr(base, b.add(e.mul(c, inner), i))  # noqa: E731
+            m = e.loop_carry(n, [cf(float("-inf"), ln)], lambda c, acc: [e.fmax(acc[0], e.load(at(xr, c), ln))])[0]
+            # as the reference: a non-finite max (all -inf, or +inf) shifts by 0
+            finite = b.fcmp_ordered("<", e.call1("llvm.fabs", m, ln), cf(float("inf"), ln))
+            m = b.select(finite, m, cf(0.0, ln))
+
+            def ex(c, acc):
+                v = vexp(e, b.fsub(e.load(at(xr, c), ln), m), ln)
+                e.store(v, at(yr, c), ln)
+                return [b.fadd(acc[0], v)]
+            inv = b.fdiv(cf(1.0, ln), e.loop_carry(n, [cf(0.0, ln)], ex)[0])
+            e.loop(n, lambda c: e.store(b.fmul(e.load(at(yr, c), ln), inv), at(yr, c), ln))
+        emit_map(e, inner, lanes, column)
+    e.parallel(rows, row)
+
+
+def _lrn_scale(e: Emitter, sumsq, x, *, size: int, alpha: float, beta: float, bias: float, ln: int):
+    """x / (bias + alpha/size·sumsq)^beta (beta 0.75, AlexNet's, as two square roots)."""
+    b = e.b
+    t = b.fadd(cf(bias, ln), b.fmul(cf(alpha / size, ln), sumsq))
+    if beta == 0.75:
+        r = e.call1("llvm.sqrt", t, ln)
+        return b.fdiv(x, b.fmul(r, e.call1("llvm.sqrt", r, ln)))
+    if beta == 0.5:
+        return b.fdiv(x, e.call1("llvm.sqrt", t, ln))
+    if beta == 1.0:
+        return b.fdiv(x, t)
+    powf = _intrinsic(e.module, "llvm.pow", ln, 2)
+    return b.fdiv(x, b.call(powf, [t, cf(beta, ln)]))
+
+
+def lrn_body(e: Emitter, *, n: int, c: int, pixels: int, nhwc: bool, size: int, alpha: float, beta: float,
+             bias: float, lanes: int, x, y) -> None:
+    """Local response normalization across ``c`` channels (window: ``(size-1)//2`` channels
+    before, the rest after, zero outside).
+
+    NHWC: per pixel, the squares of its channel row go into a zero-padded stack buffer, then each
+    channel vector sums ``size`` shifted loads of it. Plain: per (image, channel) plane, vectorized
+    over pixels, the window's channel planes are summed (the window clipped at run time)."""
+    b = e.b
+    lo = (size - 1) // 2
+    hi = size - 1 - lo
+    params = dict(size=size, alpha=alpha, beta=beta, bias=bias)
+    if nhwc:
+        width = -(-(c + size - 1) // lanes) * lanes + lanes
+        buf = b.bitcast(e.alloca(ir.ArrayType(F32, width)), FP)
+
+        def pixel(p):
+            xr, yr = e.ptr(x, e.mul(p, c)), e.ptr(y, e.mul(p, c))
+            emit_map(e, width, lanes, lambda i, ln: e.store(cf(0.0, ln), e.ptr(buf, i), ln))
+            emit_map(e, c, lanes, lambda i, ln: e.store(
+                (lambda v: b.fmul(v, v))(e.load(e.ptr(xr, i), ln)), e.ptr(buf, b.add(i, c64(lo))), ln))
+
+            def out(i, ln):
+                s = e.load(e.ptr(buf, i), ln)
+                for j in range(1, size):
+                    s = b.fadd(s, e.load(e.ptr(buf, b.add(i, c64(j))), ln))
+                e.store(_lrn_scale(e, s, e.load(e.ptr(xr, i), ln), ln=ln, **params), e.ptr(yr, i), ln)
+            emit_map(e, c, lanes, out)
+        e.parallel(n * pixels, pixel)
+        return
+
+    def plane(item):
+        img = b.udiv(item, c64(c))
+        ch = b.urem(item, c64(c))
+        base = e.mul(img, c * pixels)
+        first = e.imax(b.sub(ch, c64(lo)), c64(0))
+        last = e.imin(b.add(ch, c64(hi + 1)), c64(c))
+        acc = e.alloca(vt(lanes))
+        acc1 = e.alloca(F32)
+
+        def px(i, ln):
+            slot = acc if ln > 1 else acc1
+            b.store(cf(0.0, ln), slot)
+
+            def add(j):
+                v = e.load(e.ptr(x, b.add(base, b.add(b.mul(j, c64(pixels)), i))), ln)
+                b.store(b.fadd(b.load(slot), b.fmul(v, v)), slot)
+            e.loop_rt(first, last, add)
+            at = b.add(base, b.add(b.mul(ch, c64(pixels)), i))
+            e.store(_lrn_scale(e, b.load(slot), e.load(e.ptr(x, at), ln), ln=ln, **params), e.ptr(y, at), ln)
+        emit_map(e, pixels, lanes, px)
+    e.parallel(n * c, plane)
+
+
+# -- products with a computed B ---------------------------------------------------------------
+
+def _offset(e: Emitter, offsets, bi):
+    """offsets[bi]: a multiply when they are evenly spaced, else a load from a constant table."""
+    step = offsets[1] - offsets[0] if len(offsets) > 1 else 0
+    if all(v == i * step for i, v in enumerate(offsets)):
+        return e.b.mul(bi, c64(step))
+    t = ir.ArrayType(I64, len(offsets))
+    g = ir.GlobalVariable(e.module, t, e.module.get_unique_name("mm_offsets"))
+    g.initializer = ir.Constant(t, [c64(v) for v in offsets])
+    g.global_constant = True
+    g.linkage = "internal"
+    return e.b.load(e.b.gep(g, [c64(0), bi], inbounds=True), align=8)
+
+
+def matmul_body(e: Emitter, s, act: str, params, a, bm, c, y) -> None:
+    """y = act(alpha·op(A)·op(B) + beta·C) for a MatmulSchedule ``s`` (B read in place).
+
+    Items are (batch, row) pairs. B as is: output vectors accumulate a broadcast A value times
+    a row of B per K step; transB: each output is a dot product of two rows along K."""
+    b = e.b
+    m, n, k = s.m, s.n, s.k
+
+    def row(item):
+        bi = b.udiv(item, c64(m))
+        i = b.urem(item, c64(m))
+        ab, bb = e.ptr(a, _offset(e, s.a_offsets, bi)), e.ptr(bm, _offset(e, s.b_offsets, bi))
+        yr = e.ptr(y, e.mul(item, n))
+
+        def a_at(kk):  # A'[i, kk]
+            return b.load(e.ptr(ab, b.add(e.mul(kk, m), i) if s.trans_a else b.add(e.mul(i, k), kk)), align=4)
+
+        def finish(acc, j, ln):
+            v = b.fmul(acc, cf(s.alpha, ln)) if s.alpha != 1.0 else acc
+            if c is not None:
+                rs, cs = s.c_strides
+                at = e.ptr(c, b.add(b.mul(i, c64(rs)), b.mul(j, c64(cs))))
+                cv = e.load(at, ln) if cs == 1 else e.splat(b.load(at, align=4), ln)
+                v = b.fadd(v, b.fmul(cv, cf(s.beta, ln)) if s.beta != 1.0 else cv)
+            e.store(activation(e, v, act, params, ln), e.ptr(yr, j), ln)
+
+        if not s.trans_b:
+            def cols(j, ln):
+                acc = e.loop_carry(k, [cf(0.0, ln)], lambda kk, acc: [e.fma(
+                    e.splat(a_at(kk), ln), e.load(e.ptr(bb, b.add(e.mul(kk, n), j)), ln), acc[0], ln)])[0]
+                finish(acc, j, ln)
+            emit_map(e, n, s.lanes, cols)
+            return
+
+        def col(j):
+            brow = e.ptr(bb, e.mul(j, k))
+            if s.trans_a:
+                acc = e.loop_carry(k, [cf(0.0)], lambda kk, acc: [e.fma(
+                    a_at(kk), b.load(e.ptr(brow, kk), align=4), acc[0], 1)])[0]
+            else:
+                arow = e.ptr(ab, e.mul(i, k))
+                acc = _reduce_row(e, k, s.lanes, 0.0, b.fadd, lambda kk, ln: b.fmul(
+                    e.load(e.ptr(arow, kk), ln), e.load(e.ptr(brow, kk), ln)))
+            finish(acc, j, 1)
+        e.loop(n, col)
+    e.parallel(s.batch * m, row)

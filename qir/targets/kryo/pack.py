@@ -13,6 +13,8 @@ import numpy as np
 from qir.ir.graph import Node
 from qir.ir.opdef import get_op
 from qir.lowering.kernels import LoweredGraph, NodeKernel
+from qir.targets.kryo import codegen_int8 as cg8
+from qir.targets.kryo.host import host
 
 
 def _panels(w: np.ndarray, groups: int, nr: int) -> np.ndarray:
@@ -20,10 +22,17 @@ def _panels(w: np.ndarray, groups: int, nr: int) -> np.ndarray:
     m, cg, kh, kw = w.shape
     mg = m // groups
     p = -(-mg // nr)
-    wt = w.reshape(groups, mg, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, kh * kw * cg, mg)
-    out = np.zeros((groups, kh * kw * cg, p * nr), np.float32)
-    out[:, :, :mg] = wt
-    return out.reshape(groups, kh * kw * cg, p, nr).transpose(0, 2, 1, 3)
+    k = kh * kw * cg
+    # [G][mg][K] with K tap-major (kh, kw, cg); free for 1×1 / GEMM weights
+    wk = w.reshape(groups, mg, cg, kh * kw).transpose(0, 1, 3, 2).reshape(groups, mg, k)
+    out = np.zeros((groups, p, k, nr), np.float32)
+    full = mg // nr
+    # one strided copy per part (big FC weights: one pass over memory, not three)
+    if full:
+        out[:, :full] = wk[:, :full * nr].reshape(groups, full, nr, k).transpose(0, 1, 3, 2)
+    if mg % nr:
+        out[:, full, :, :mg - full * nr] = wk[:, full * nr:].transpose(0, 2, 1)
+    return out
 
 
 def _bias_panels(b: np.ndarray, groups: int, nr: int) -> np.ndarray:
@@ -59,9 +68,11 @@ def _gemm_arrays(node: Node, k: NodeKernel) -> dict[str, np.ndarray]:
     else:
         a = get_op(node.op).resolve_attrs(node.attrs)
     b = node.inputs[1].const.astype(np.float32)
-    bt = (b.T if a["transB"] else b) * np.float32(a["alpha"])  # [K, N]
-    n = bt.shape[1]
-    out = {"w": _panels(np.ascontiguousarray(bt.T).reshape(n, -1, 1, 1), 1, k.schedule.gemm.nr)}
+    bn = b if a["transB"] else b.T  # [N, K]
+    if float(a["alpha"]) != 1.0:
+        bn = bn * np.float32(a["alpha"])
+    n = bn.shape[0]
+    out = {"w": _panels(bn.reshape(n, -1, 1, 1), 1, k.schedule.gemm.nr)}
     if k.epilogue.bias:
         c = node.inputs[2].const.astype(np.float32) * np.float32(a["beta"])
         out["b"] = _bias_panels(np.broadcast_to(c.reshape(-1), (n,)) if c.size == 1 else c.reshape(-1), 1,
@@ -74,12 +85,27 @@ def _eltwise_arrays(node: Node, k: NodeKernel) -> dict[str, np.ndarray]:
     return {"c": small.const.astype(np.float32).reshape(-1)}
 
 
+def _matmul_arrays(node: Node, k: NodeKernel) -> dict[str, np.ndarray]:
+    """A constant C of a Gemm whose B is computed (the kernel scales it by beta)."""
+    return {"c": node.inputs[2].const.astype(np.float32).reshape(-1)}
+
+
+def _attention_arrays(node: Node, k: NodeKernel) -> dict[str, np.ndarray]:
+    """A constant attention mask as floats added to the scores (a bool one: 0 where true, else -inf)."""
+    m = node.inputs[3].const
+    if m.dtype == np.bool_:
+        m = np.where(m, np.float32(0), np.float32(-np.inf))
+    return {"mask": m.astype(np.float32).reshape(-1)}
+
+
 def _rows_arrays(node: Node, k: NodeKernel) -> dict[str, np.ndarray]:
     """Layer-norm scale and bias broadcast to the normalized trailing dims, flat."""
     x = node.inputs[0]
     trailing = tuple(x.type.shape[len(x.type.shape) - _trailing_rank(node):])
-    out = {"scale": np.broadcast_to(node.inputs[1].const.astype(np.float32), trailing)}
-    if k.schedule.bias:
+    out = {}
+    if node.inputs[1].const is not None:  # a computed scale or bias is read in place
+        out["scale"] = np.broadcast_to(node.inputs[1].const.astype(np.float32), trailing)
+    if k.schedule.bias and node.inputs[2].const is not None:
         out["bias"] = np.broadcast_to(node.inputs[2].const.astype(np.float32), trailing)
     return out
 
@@ -96,10 +122,18 @@ def pack_weights(lowered: LoweredGraph) -> np.ndarray:
     start = (-raw.ctypes.data % 64) // 4
     blob = raw[start:start + lowered.weights_size]
     by_node = {n.name: n for n in lowered.graph.nodes}
+    packed: dict[str, dict[str, np.ndarray]] = {}
     for (name, key), slot in lowered.weights.items():
         node, k = by_node[name], lowered.kernels[name]
-        arrays = {"conv": _conv_arrays, "gemm": _gemm_arrays, "eltwise": _eltwise_arrays,
-                  "rows": _rows_arrays}[k.kernel](node, k)
+        if k.kernel in cg8.PACKERS:  # integer kernels: bytes in float32 words
+            arrays = cg8.PACKERS[k.kernel](node, k, host(lowered.isa.name))
+            blob[slot.offset:slot.offset + slot.size] = cg8.pack_bytes(arrays, key, slot.size)
+            continue
+        if name not in packed:  # once per node, not per slot (VGG's FC weights are 400 MB)
+            packed[name] = {"conv": _conv_arrays, "gemm": _gemm_arrays, "eltwise": _eltwise_arrays,
+                            "rows": _rows_arrays, "matmul": _matmul_arrays,
+                            "attention": _attention_arrays}[k.kernel](node, k)
+        arrays = packed[name]
         a = np.ascontiguousarray(arrays[key], dtype=np.float32).reshape(-1)
         if a.size != slot.size:
             raise AssertionError(f"{name}.{key}: packed {a.size} floats for a slot of {slot.size}")

@@ -134,7 +134,7 @@ def specialize(graph: Graph, shapes: tuple[tuple[int, ...], ...]) -> Graph:
     if _static_shapes(graph) == shapes:
         return graph
     g = graph.copy()
-    bind_input_dims(g, {v.name: s for v, s in zip(g.inputs, shapes)})
+    bind_input_dims(g, {v.name: s for v, s in zip(g.inputs, shapes) if s is not None})
     return g
 
 
@@ -195,7 +195,7 @@ class Compiled:
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             for i, a in enumerate(arrays):
-                self._ptrs[i] = a.ctypes.data
+                self._ptrs[i] = a.ctypes.data if isinstance(a, np.ndarray) else None
             env: dict[str, Any] = {}
             for kind, step in self.steps:
                 if kind == "kernel":
@@ -203,7 +203,8 @@ class Compiled:
                     self.pool.call(step, self.arena_addr, self.weights_addr, self.ptrs_addr)
                 else:
                     self._fallback(step, arrays, env)
-            return [np.array(self._value(v, arrays, env), copy=True) for v in self.graph.outputs]
+            # copies of arena views; sequences and optionals (fallback outputs) are returned as they are
+            return [_copy(self._value(v, arrays, env)) for v in self.graph.outputs]
 
     def profile(self, arrays: list[np.ndarray], runs: int = 5) -> list[tuple[str, str, float]]:
         """(node, op, median seconds) per node: generated nodes called one by one through their
@@ -213,7 +214,7 @@ class Compiled:
         times: dict[str, list[float]] = {}
         with self._lock:
             for i, a in enumerate(arrays):
-                self._ptrs[i] = a.ctypes.data
+                self._ptrs[i] = a.ctypes.data if isinstance(a, np.ndarray) else None
             for _ in range(runs):
                 env: dict[str, Any] = {}
                 for node in self.graph.nodes:
@@ -261,6 +262,10 @@ class Compiled:
                 env[v.name] = r
 
 
+def _copy(x: Any) -> Any:
+    return np.array(x, copy=True) if isinstance(x, (np.ndarray, np.generic)) else x
+
+
 class KryoExecutable(Executable):
     """Runs a kryo context binary; specializes once per new input shape set."""
 
@@ -287,7 +292,8 @@ class KryoExecutable(Executable):
         # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
         arrays = [np.require(a, dtype=v.type.dtype.numpy, requirements="C") if isinstance(v.type, TensorType)
                   else a for a, v in zip(inputs, self.graph.inputs)]
-        return self.compiled(tuple(a.shape for a in arrays)).run(arrays)
+        # sequence / optional inputs (read only by fallback nodes) do not specialize the code
+        return self.compiled(tuple(a.shape if isinstance(a, np.ndarray) else None for a in arrays)).run(arrays)
 
     def report(self) -> str:
         """The lowering report of every specialization built so far."""

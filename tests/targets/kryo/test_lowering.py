@@ -21,7 +21,7 @@ def _net():
     dw = g.add_node("nn.conv", [c1.output, wd], {"pads": [1, 1, 1, 1], "group": 64}, name="dw")
     w2 = g.add_constant(rng.standard_normal((10, 64, 1, 1)).astype(np.float32), "w2")
     c2 = g.add_node("nn.conv", [dw.output, w2], {}, name="c2")
-    top = g.add_node("nn.lrn", [c2.output], {"size": 3}, name="lrn")
+    top = g.add_node("nn.log_softmax", [c2.output], {"axis": 1}, name="lsm")
     g.outputs.append(top.output)
     return g
 
@@ -38,7 +38,7 @@ def test_kernels_layouts_and_fallbacks():
     assert lw.kernels["c1"].schedule.kind == "direct_nhwc" and lw.kernels["c1"].schedule.pad_copy
     assert lw.kernels["dw"].schedule.kind == "depthwise"
     assert lw.kernels["c2"].schedule.flat_rows  # 1×1, stride 1: pixels as flat GEMM rows
-    assert lw.fallback == {"lrn": "no kryo kernel for nn.lrn"}
+    assert lw.fallback == {"lsm": "no kryo kernel for nn.log_softmax"}
     by = {n.name: n for n in lw.graph.nodes}
     # convs hand NHWC to each other; what the fallback reads is plain
     assert lw.layouts[by["c1"].output.name] == NHWC

@@ -38,8 +38,9 @@ def _init(name, rng, shape, scale):
 
 
 def small_cnn(with_unsupported: bool) -> "onnx.ModelProto":
-    """conv-relu → depthwise(relu6) → 1×1 conv + residual → maxpool → [LRN] → conv → GAP → Gemm
-    → Softmax (with_unsupported: LRN, and a softmax over axis 0, which have no kryo kernel)."""
+    """conv-relu → depthwise(relu6) → 1×1 conv + residual → maxpool → [LogSoftmax] → conv → GAP → Gemm
+    → Softmax (with_unsupported: LogSoftmax over channels, and a LogSoftmax over axis 0 instead of
+    the Softmax; LogSoftmax has no kryo kernel)."""
     rng = np.random.default_rng(0)
     inits = [_init("w1", rng, (16, 3, 3, 3), 0.3), _init("b1", rng, (16,), 0.1),
              _init("wd", rng, (16, 1, 3, 3), 0.3), _init("bd", rng, (16,), 0.1),
@@ -55,13 +56,12 @@ def small_cnn(with_unsupported: bool) -> "onnx.ModelProto":
              n("MaxPool", ["a2"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
     last = "p"
     if with_unsupported:
-        nodes.append(n("LRN", ["p"], ["l"], size=3))
+        nodes.append(n("LogSoftmax", ["p"], ["l"], axis=1))
         last = "l"
     nodes += [n("Conv", [last, "w3", "b3"], ["c3"], pads=[1, 1, 1, 1], strides=[2, 2]),
               n("Relu", ["c3"], ["r3"]), n("GlobalAveragePool", ["r3"], ["g"]),
               n("Flatten", ["g"], ["f"]), n("Gemm", ["f", "wf", "bf"], ["logits"], transB=1),
-              # softmax over axis 0 has no kernel (only the last axis has)
-              n("Softmax", ["logits"], ["prob"], axis=0 if with_unsupported else 1)]
+              n("LogSoftmax" if with_unsupported else "Softmax", ["logits"], ["prob"], axis=0 if with_unsupported else 1)]
     graph = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 20, 18])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10]),
                                helper.make_tensor_value_info("prob", TensorProto.FLOAT, [2, 10])], inits)
@@ -82,7 +82,7 @@ def test_small_cnn_matches_onnxruntime(isa, with_unsupported, threads):
     spec = next(iter(m._executable._specs.values()))
     ops = {n.name: n.op for n in spec.graph.nodes}
     fallback_ops = sorted(ops[name] for name in spec.lowered.fallback)
-    assert fallback_ops == (["nn.lrn", "nn.softmax"] if with_unsupported else [])
+    assert fallback_ops == (["nn.log_softmax", "nn.log_softmax"] if with_unsupported else [])
     kinds = [kind for kind, _ in spec.steps]
     assert kinds == (["kernel", "fallback", "kernel", "fallback"] if with_unsupported else ["kernel"])
     assert "nhwc" in spec.lowered.layouts.values()  # convs hand NHWC to each other
@@ -118,7 +118,7 @@ def test_capability_table_names_the_reason():
     tgt = KryoTarget()
     by_op = {n.op: tgt.supports(n) for n in g.nodes}
     assert by_op["nn.conv"].ok
-    assert not by_op["nn.lrn"].ok and "nn.lrn" in by_op["nn.lrn"].reason
+    assert not by_op["nn.log_softmax"].ok and "nn.log_softmax" in by_op["nn.log_softmax"].reason
 
 
 def test_fallback_outputs_match_interpreter_in_the_middle(isa):
@@ -157,7 +157,7 @@ def test_report_lists_fallbacks_and_threads_exit():
     m = qir.compile(model, target="kryo", num_threads=3)
     assert threading.active_count() == before + 2  # a persistent pool: caller + 2 workers
     report = m._executable.report()
-    assert "fallback" in report and "no kryo kernel for nn.lrn" in report
+    assert "fallback" in report and "no kryo kernel for nn.log_softmax" in report
     del m
     gc.collect()
     for t in threading.enumerate():
