@@ -61,7 +61,7 @@ test: $(STAMP) install-toolchains
 
 # Benchmarks print ratios against onnxruntime measured in the same run (never asserted in tests).
 bench: $(BENCH_STAMP)
-	$(PY) bench/kryo_vs_ort.py --threads 1,2
+	$(PY) bench/kryo_vs_ort.py --threads 1,2 --int8
 	$(PY) bench/quant_accuracy.py
 
 conformance: $(STAMP)
