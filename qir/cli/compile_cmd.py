@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,7 +11,7 @@ import click
 
 from qir.cli.common import (apply_input_dims, calib_option, input_dim_option, load_graph,
                             model_argument, resolve_model)
-from qir.errors import OptionError
+from qir.errors import OptionError, TargetError
 
 #: ``--quantize`` schemes (qir.compile's ``quantize=``; the presets of ``qirc quantize``).
 QUANT_SCHEMES = ("int8", "a16w8", "fp16", "mixed")
@@ -82,8 +83,9 @@ def open_artifact(path: Path, target: str | None = None, num_threads: int | None
 @quantize_options
 @input_dim_option
 @click.option("--arch", type=click.Choice(["x86_64", "aarch64"]), default=None,
-              help="Target kryo: also write OUTPUT/model.so, a standalone library with the C ABI "
-                   "of OUTPUT/model_abi.h, for this architecture (static shapes: use --input-dim).")
+              help="Target kryo: the architecture of OUTPUT/model.so, a standalone library with the "
+                   "C ABI of OUTPUT/model_abi.h (default: this machine's, written when the model "
+                   "has static shapes and no fallback ops; --arch makes it required).")
 def compile(model: Path | None, model_option: Path | None, output: Path, target: str,
             num_threads: int, opt_level: int, scheme: str | None, calib: Path | None,
             input_dims: Any, arch: str | None) -> None:
@@ -108,8 +110,16 @@ def compile(model: Path | None, model_option: Path | None, output: Path, target:
     compiled = qir.compile(graph, target=target, num_threads=num_threads, opt_level=opt_level,
                            quantize=scheme, calibration=None if calib is None else str(calib),
                            progress=scheme is not None)
-    compiled.save(output, created_by=creator(path, target, num_threads, opt_level, scheme, calib,
-                                             input_dims, arch), library_arch=arch)
+    created_by = creator(path, target, num_threads, opt_level, scheme, calib, input_dims, arch)
+    if target == "kryo" and arch is None and platform.machine() in ("x86_64", "AMD64"):
+        # The host library when the model allows one; the artifact without it otherwise.
+        try:
+            compiled.save(output, created_by=created_by, library_arch="x86_64")
+        except TargetError as exc:
+            click.echo(f"note: no model.so: {exc.message.splitlines()[0]}")
+            compiled.save(output, created_by=created_by)
+    else:
+        compiled.save(output, created_by=created_by, library_arch=arch)
     files = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
     click.echo(f"wrote {output}/ ({target}, {len(compiled.graph.nodes)} nodes"
                + (f", {scheme}" if scheme else "") + f"): {', '.join(files)}")
