@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import attrs
 
-from qir.errors import OptionError, ShapeInferenceError
+from qir.errors import InputError, OptionError, ShapeInferenceError
 from qir.ir.graph import Graph
 from qir.ir.opdef import infer_types
 from qir.ir.types import Dim, OptionalType, SequenceType, TensorType, Type
@@ -73,6 +73,27 @@ def first_mismatch(declared: Sequence[Dim], shape: Sequence[Dim],
         if isinstance(want, str) and want != "?" and symbols.setdefault(want, got) != got:
             return axis, want, symbols[want]
     return None
+
+
+def check_input_shape(name: str, declared: Sequence[Dim] | None, shape: Sequence[int],
+                      symbols: dict[str, Dim], where: str = "") -> None:
+    """Raise an InputError naming input ``name`` (after ``where``, e.g. a file and line) when a
+    concrete ``shape`` does not fit the ``declared`` dims, binding symbols in ``symbols``."""
+    if declared is None:
+        return
+    prefix = f"{where}: " if where else ""
+    if len(shape) != len(declared):
+        raise InputError(f"{prefix}input {name!r} must have rank {len(declared)} "
+                         f"(shape {list(declared)}), got shape {list(shape)}")
+    mismatch = first_mismatch(declared, shape, symbols)
+    if mismatch is not None:
+        axis, want, earlier = mismatch
+        got = shape[axis]
+        if earlier is None:
+            raise InputError(f"{prefix}input {name!r}: dim {axis} must be {want}, got {got} "
+                             f"(shape {list(shape)}, expected {list(declared)})")
+        raise InputError(f"{prefix}input {name!r}: dim {axis} ({want}) is {got}, but "
+                         f"another input bound {want} to {earlier}")
 
 
 def _fmt(shape) -> str:

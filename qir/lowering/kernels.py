@@ -292,6 +292,24 @@ def _epilogue_of(node: Node, a: dict) -> Epilogue:
     return Epilogue(activation=act, params=params)
 
 
+
+def conv_geometry(a: dict, xs, ws, ys) -> "ConvGeometry":
+    """The 2-D convolution geometry of resolved conv attributes ``a`` and static shapes (input,
+    weights, output); Unsupported when pads are negative or the output shape disagrees."""
+    kh, kw = ws[2], ws[3]
+    strides = list(a["strides"]) or [1, 1]
+    dil = list(a["dilations"]) or [1, 1]
+    pads = auto_pads(a["auto_pad"], xs[2:], [kh, kw], strides, dil, a["pads"] or None)
+    if any(p < 0 for p in pads):
+        raise Unsupported("negative pads")
+    n, c, h, wd = xs
+    if ys[2] != out_size(h, kh, strides[0], dil[0], pads[0], pads[2]) or ys[3] != out_size(
+            wd, kw, strides[1], dil[1], pads[1], pads[3]):
+        raise Unsupported("output shape does not match the convolution geometry")
+    return ConvGeometry(n, c, h, wd, ws[0], ys[2], ys[3], kh, kw, strides[0], strides[1], dil[0],
+                        dil[1], (pads[0], pads[1], pads[2], pads[3]), int(a["group"]))
+
+
 @rule("nn.conv", "fused.conv")
 def _conv_rule(node: Node, isa: VectorISA) -> NodeKernel:
     x, w = node.inputs[0], node.inputs[1]
@@ -311,19 +329,8 @@ def _conv_rule(node: Node, isa: VectorISA) -> NodeKernel:
         if res.const is not None or _shape(res) != ys:
             raise Unsupported("residual must be a computed tensor of the output's shape")
     a = _attrs(node)
-    kh, kw = ws[2], ws[3]
-    strides = list(a["strides"]) or [1, 1]
-    dil = list(a["dilations"]) or [1, 1]
-    pads = auto_pads(a["auto_pad"], xs[2:], [kh, kw], strides, dil, a["pads"] or None)
-    if any(p < 0 for p in pads):
-        raise Unsupported("negative pads")
-    n, c, h, wd = xs
-    m, groups = ws[0], int(a["group"])
-    geo = ConvGeometry(n, c, h, wd, m, ys[2], ys[3], kh, kw, strides[0], strides[1], dil[0], dil[1],
-                       (pads[0], pads[1], pads[2], pads[3]), groups)
-    if ys[2] != out_size(h, kh, strides[0], dil[0], pads[0], pads[2]) or ys[3] != out_size(
-            wd, kw, strides[1], dil[1], pads[1], pads[3]):
-        raise Unsupported("output shape does not match the convolution geometry")
+    geo = conv_geometry(a, xs, ws, ys)
+    pads, groups, c, m = geo.pads, geo.groups, geo.c, geo.m
     ep = attrs.evolve(_epilogue_of(node, a), bias=b is not None, residual=res is not None)
     padded = any(pads)
     if groups == c == m and groups > 1:
@@ -331,7 +338,7 @@ def _conv_rule(node: Node, isa: VectorISA) -> NodeKernel:
         sched = ConvSchedule("depthwise", GemmSchedule(mr=7 if isa.registers >= 32 else 4, nv=1,
                                                        lanes=isa.lanes), pad_copy=False)
     else:
-        flat = kh == kw == 1 and strides == [1, 1] and not padded
+        flat = geo.kh == geo.kw == 1 and geo.sh == geo.sw == 1 and not padded
         sched = ConvSchedule("direct_nhwc", gemm_schedule(isa, m // groups), pad_copy=padded,
                              flat_rows=flat)
     return NodeKernel(node.name, "conv", sched, geo, ep)

@@ -44,10 +44,10 @@ import numpy as np
 
 from qir.ir.fixedpoint import quantize_multiplier
 from qir.ir.graph import Node, Value
-from qir.ir.ops.nn import auto_pads, out_size
 from qir.ir.ops.qint import type_range
 from qir.ir.types import DType, TensorType
 from qir.lowering.kernels import (KERNEL_RULES, ConvGeometry, NodeKernel, Unsupported, VectorISA, _align,
+                                  conv_geometry,
                                   _attrs, _shape, rule)
 
 #: Integer element types the kernels read and write.
@@ -230,19 +230,8 @@ def _qconv_rule(node: Node, isa: VectorISA) -> NodeKernel:
     if len(xs) != 4:
         raise Unsupported(f"only 2-D convolutions (input rank {len(xs)})")
     a = _attrs(node)
-    kh, kw = ws[2], ws[3]
-    strides = list(a["strides"]) or [1, 1]
-    dil = list(a["dilations"]) or [1, 1]
-    pads = auto_pads(a["auto_pad"], xs[2:], [kh, kw], strides, dil, a["pads"] or None)
-    if any(p < 0 for p in pads):
-        raise Unsupported("negative pads")
-    n, c, h, wd = xs
-    m, groups = ws[0], int(a["group"])
-    geo = ConvGeometry(n, c, h, wd, m, ys[2], ys[3], kh, kw, strides[0], strides[1], dil[0], dil[1],
-                       (pads[0], pads[1], pads[2], pads[3]), groups)
-    if ys[2] != out_size(h, kh, strides[0], dil[0], pads[0], pads[2]) or ys[3] != out_size(
-            wd, kw, strides[1], dil[1], pads[1], pads[3]):
-        raise Unsupported("output shape does not match the convolution geometry")
+    geo = conv_geometry(a, xs, ws, ys)
+    groups, c, m = geo.groups, geo.c, geo.m
     cp = conv_params(node)
     kind = "depthwise" if groups == c == m and groups > 1 else "gemm"
     s = attrs.evolve(_out_schedule(node, isa, kind, m // groups, int(a["x_zero_point"])), folded=cp.folded)

@@ -9,7 +9,7 @@ import numpy as np
 
 from qir.errors import InputError
 from qir.ir.graph import Graph, Value
-from qir.ir.shapes import first_mismatch
+from qir.ir.shapes import check_input_shape
 from qir.ir.types import Dim, DType, QuantParams, TensorType, Type
 from qir.ir.qtensor import dequantize_array, quantize_array
 from qir.targets.base import CompileOptions, Executable
@@ -118,17 +118,5 @@ def _check_one(spec: TensorSpec, value: Any, bound: dict[str, int]) -> Any:
     if array.dtype != t.dtype.numpy:
         raise InputError(f"input {spec.name!r} must be {t.dtype.value} ({t.dtype.numpy}), "
                          f"got {array.dtype}", hint=f"convert it with .astype({t.dtype.numpy.name!r})")
-    if t.shape is not None:
-        if array.ndim != len(t.shape):
-            raise InputError(f"input {spec.name!r} must have rank {len(t.shape)} "
-                             f"(shape {list(t.shape)}), got shape {list(array.shape)}")
-        mismatch = first_mismatch(t.shape, array.shape, bound)
-        if mismatch is not None:
-            axis, want, earlier = mismatch
-            got = array.shape[axis]
-            if earlier is None:
-                raise InputError(f"input {spec.name!r}: dim {axis} must be {want}, got {got} "
-                                 f"(shape {list(array.shape)}, expected {list(t.shape)})")
-            raise InputError(f"input {spec.name!r}: dim {axis} ({want}) is {got}, but "
-                             f"another input bound {want} to {earlier}")
+    check_input_shape(spec.name, t.shape, array.shape, bound)
     return array

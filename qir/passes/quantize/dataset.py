@@ -34,7 +34,7 @@ import numpy as np
 
 from qir.errors import InputError, QirError
 from qir.ir.graph import Graph, Value
-from qir.ir.shapes import first_mismatch
+from qir.ir.shapes import check_input_shape
 from qir.ir.types import DType, TensorType
 
 Feed = dict[str, np.ndarray]
@@ -289,19 +289,7 @@ def _check_array(data: Any, value: Value, where: str, bound: dict[str, Any]) -> 
         raise InputError(f"{where}: input {value.name!r} is a {t}; calibration feeds only tensors")
     array = np.asarray(data)
     array = _convert_dtype(array, t.dtype, value, where)
-    if t.shape is not None:
-        if array.ndim != len(t.shape):
-            raise InputError(f"{where}: input {value.name!r} must have rank {len(t.shape)} "
-                             f"(shape {list(t.shape)}), got shape {list(array.shape)}")
-        mismatch = first_mismatch(t.shape, array.shape, bound)
-        if mismatch is not None:
-            axis, want, earlier = mismatch
-            got = array.shape[axis]
-            if earlier is None:
-                raise InputError(f"{where}: input {value.name!r}: dim {axis} must be {want}, got "
-                                 f"{got} (shape {list(array.shape)}, expected {list(t.shape)})")
-            raise InputError(f"{where}: input {value.name!r}: dim {axis} ({want}) is {got}, but "
-                             f"another input bound {want} to {earlier}")
+    check_input_shape(value.name, t.shape, array.shape, bound, where)
     return array
 
 
