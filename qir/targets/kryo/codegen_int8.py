@@ -2,7 +2,7 @@
 
 Every kernel reproduces its qint reference kernel bit for bit (docs/quantization.md).
 
-u8 × s8 → s32 products. Two paths, chosen per host by ``use_vnni``:
+u8 × s8 → s32 products. The path is chosen per host by ``int8_dot``: on x86 one of these two,
 
 - **VNNI** (AVX-512 with ``avx512vnni``): ``vpdpbusd`` multiplies 4 u8 activations by 4 s8
   weights and adds the four products to an i32 lane, exactly (no intermediate saturation).
@@ -14,6 +14,12 @@ u8 × s8 → s32 products. Two paths, chosen per host by ``use_vnni``:
   weights packed sign-extended to i16 ``[taps][Cg/2][nr][2]``, so ``vpmaddwd`` (i16·i16 pairs
   summed into i32) is exact: 2·255·128 < 2^31. Half the throughput of ``vpmaddubsw`` per
   instruction, but exact for every i8 weight.
+
+Elsewhere (AArch64 NEON, or any host with ``QIR_KRYO_INT8_DOT=portable``) the widening layout
+with plain LLVM vector IR instead of ``vpmaddwd`` (``_dot_portable``; NEON gets ``smull``/
+``smlal``). Opt-in for AArch64 library builds (``QIR_KRYO_INT8_DOT``), on the VNNI layout:
+``dotprod`` (``sdot`` on x − 128, the 128·Σw correction in the packed bias) and ``i8mm``
+(``usdot``). Everything else here is plain IR already (the requantization, element-wise ops).
 
 Then the requantization (i32 lanes, per output channel): a = acc + (b − zx·Σw);
 t = (a·M + 2^30) >> 31 from 32×32→64-bit products of the even and odd lanes (``vpmuldq``);
@@ -33,9 +39,12 @@ wrapping cases agree.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from llvmlite import ir
 
+from qir.errors import OptionError
 from qir.ir.types import DType
 from qir.lowering.kernels import NHWC
 from qir.lowering.kernels_int8 import Q_ROWS, QConvLayout, conv_params, qconv_layout
@@ -55,6 +64,41 @@ _ITYPES = {"u8": (I8, False), "i8": (I8, True), "u16": (I16, False), "i16": (I16
 def use_vnni(h) -> bool:
     """Whether code for host ``h`` uses ``vpdpbusd`` (AVX-512 VNNI) for u8·s8 dot products."""
     return h.isa.name == "avx512" and "+avx512vnni" in h.features.split(",")
+
+
+#: ``$QIR_KRYO_INT8_DOT`` values (see ``int8_dot``).
+DOT_CHOICES = ("portable", "dotprod", "i8mm")
+#: Paths that read the VNNI layout (u8 activations, weights ``[taps][Cg/4][nr][4]`` i8).
+_BYTE_LAYOUT = ("vnni", "i8mm", "dotprod")
+
+
+def int8_dot(h) -> str:
+    """The u8·s8 dot-product path for host ``h``:
+
+    - ``"vnni"`` (x86 ``vpdpbusd``) or ``"pmaddwd"`` (x86 widening), see the module docstring;
+    - ``"portable"``: the widening layout with plain LLVM vector IR (the i16 pairs sign-extended to
+      i32, multiplied, even and odd products added; exact like ``vpmaddwd``), which every backend
+      selects (AArch64 NEON: ``smull``/``smlal``). AArch64 takes it unless the host has i8mm;
+      ``QIR_KRYO_INT8_DOT=portable`` forces it on x86 too (tests cover it there);
+    - ``"i8mm"``: AArch64 hosts whose features include ``+i8mm`` (Armv8.6; not Cortex-A76) use
+      ``usdot`` (4 u8·s8 products into an i32 lane, exact, like ``vpdpbusd``) on the VNNI layout.
+      ``QIR_KRYO_INT8_DOT=i8mm`` makes the library's aarch64 host have it (ignored on x86);
+    - ``"dotprod"``: AArch64 hosts with ``+dotprod`` (Armv8.2+, Cortex-A76 has it) but not i8mm:
+      ``sdot`` (s8·s8) on the VNNI layout with the activations flipped to x − 128 (XOR 0x80 as
+      they are loaded); Σ(x − 128)·w + 128·Σw = Σx·w, the 128·Σw folded into the packed bias.
+      ``QIR_KRYO_INT8_DOT=dotprod`` selects it for the library's aarch64 host."""
+    forced = os.environ.get("QIR_KRYO_INT8_DOT", "")
+    if forced and forced not in DOT_CHOICES:
+        raise OptionError(f"QIR_KRYO_INT8_DOT={forced!r} is not a dot-product path; "
+                          f"known: {', '.join(DOT_CHOICES)} (or unset it)")
+    if forced == "portable":
+        return "portable"
+    if h.triple.startswith("aarch64"):
+        feats = h.features.split(",")
+        return "i8mm" if "+i8mm" in feats else "dotprod" if "+dotprod" in feats else "portable"
+    if not h.triple.startswith("x86_64"):
+        return "portable"
+    return "vnni" if use_vnni(h) else "pmaddwd"
 
 
 def _itype(name: str):
@@ -200,13 +244,31 @@ def _finish64(e: cg.Emitter, y, zy: int, lo: int, hi: int, out_t, lanes: int):
 
 # -- dot products ----------------------------------------------------------------------------
 
-def _dot(e: cg.Emitter, acc, xv, wv, lanes: int, vnni: bool):
+def _dot(e: cg.Emitter, acc, xv, wv, lanes: int, dot: str):
     """acc + Σ over each lane's group of x·w (u8·s8 by 4 with VNNI, u16·i16 by 2 otherwise)."""
-    if vnni:
+    if dot == "portable":
+        return _dot_portable(e, acc, xv, wv, lanes)
+    if dot == "dotprod":  # xv holds x − 128 (see gemm_tiles)
+        return _intrinsic(e, f"llvm.aarch64.neon.sdot.v{lanes}i32.v{lanes * 4}i8", acc.type, [acc, xv, wv])
+    if dot == "i8mm":
+        return _intrinsic(e, f"llvm.aarch64.neon.usdot.v{lanes}i32.v{lanes * 4}i8", acc.type, [acc, xv, wv])
+    if dot == "vnni":
         return _intrinsic(e, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type, [acc, xv, wv])
     name = {16: "llvm.x86.avx512.pmaddw.d.512", 8: "llvm.x86.avx2.pmadd.wd",
             4: "llvm.x86.sse2.pmadd.wd"}[lanes]
     return e.b.add(acc, _intrinsic(e, name, acc.type, [xv, wv]))
+
+
+def _dot_portable(e: cg.Emitter, acc, xv, wv, lanes: int):
+    """``vpmaddwd`` in plain IR: i16·i16 → i32 products, adjacent pairs added (exact: |x·w| ≤
+    255·128, so a pair fits in i32 with room)."""
+    b = e.b
+    prod = b.mul(b.sext(xv, ir.VectorType(I32, 2 * lanes)), b.sext(wv, ir.VectorType(I32, 2 * lanes)))
+
+    def pick(first):
+        return b.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(I32, lanes),
+                                                        list(range(first, 2 * lanes, 2))))
+    return b.add(acc, b.add(pick(0), pick(1)))
 
 
 def _wvec_type(lanes: int, vnni: bool):
@@ -333,8 +395,9 @@ def nhwc_to_nchw(e: cg.Emitter, src, dst, c: int, p: int) -> None:
 
 # -- the implicit GEMM -----------------------------------------------------------------------
 
-def gemm_tiles(e: cg.Emitter, k, lay: QConvLayout, xs, dst, w, q, vnni: bool) -> None:
-    """All output tiles of one image: ``xs`` the staged NHWC input (i8*), ``dst`` NHWC output."""
+def gemm_tiles(e: cg.Emitter, k, lay: QConvLayout, xs, dst, w, q, dot: str) -> None:
+    """All output tiles of one image: ``xs`` the staged NHWC input (i8*), ``dst`` NHWC output;
+    ``dot`` the u8·s8 path (``int8_dot``)."""
     g, s = k.geometry, k.schedule
     b = e.b
     lanes, nv, nr = s.lanes, s.nv, s.nr
@@ -343,7 +406,7 @@ def gemm_tiles(e: cg.Emitter, k, lay: QConvLayout, xs, dst, w, q, vnni: bool) ->
     taps = g.kh * g.kw
     nkb = lay.cgk // lay.kg
     oh, ow = g.oh, g.ow
-    wvt = _wvec_type(lanes, vnni)
+    wvt = _wvec_type(lanes, dot in _BYTE_LAYOUT)
     vbytes = lanes * 4
     panel_bytes = taps * nkb * nr * 4
     unroll = next(u for u in (4, 2, 1) if nkb % u == 0)
@@ -379,9 +442,11 @@ def gemm_tiles(e: cg.Emitter, k, lay: QConvLayout, xs, dst, w, q, vnni: bool) ->
                         wv = [_load(e, _at(e, wp_, j * vbytes), wvt, vbytes) for j in range(nv)]
                         for r in range(rr):
                             xi = _load(e, _at(e, xp, r * g.sw * lay.cs * lay.xb), I32)
+                            if dot == "dotprod":  # 4 u8 → 4 s8 x − 128
+                                xi = b.xor(xi, _const(I32, 0x80808080 - (1 << 32)))
                             xv = b.bitcast(e.splat(xi, lanes), wvt)
                             for j in range(nv):
-                                accs[r * nv + j] = _dot(e, accs[r * nv + j], xv, wv[j], lanes, vnni)
+                                accs[r * nv + j] = _dot(e, accs[r * nv + j], xv, wv[j], lanes, dot)
                     return accs
                 return e.loop_carry(nkb // unroll, accs, kstep)
             accs = e.loop_carry(taps, [_const(I32, 0, lanes)] * (rr * nv), tap)
@@ -476,7 +541,8 @@ def emit_qconv(mb, e: cg.Emitter, node, k) -> None:
     """qint.conv (NCHW or NHWC u8 in and out) and qint.matmul (rows): one call per image of a
     core function shared by every node with the same geometry, schedule and layouts."""
     g, s = k.geometry, k.schedule
-    vnni = use_vnni(mb.host)
+    dot = int8_dot(mb.host)
+    vnni = dot in _BYTE_LAYOUT
     x_nhwc = k.kernel == "qgemm" or mb.lw.layouts.get(node.inputs[0].name) == NHWC or g.h * g.w == 1
     y_nhwc = k.kernel == "qgemm" or mb.lw.layouts.get(node.output.name) == NHWC or g.oh * g.ow == 1
     lay = qconv_layout(k, vnni, x_nhwc, y_nhwc)
@@ -492,11 +558,11 @@ def emit_qconv(mb, e: cg.Emitter, node, k) -> None:
         fn = ir.Function(mb.module, CORE_SIG, name=name)
         fn.linkage = "internal"
         ce = cg.Emitter(mb.module, fn, mb.isa.fma, mb.nt, fn.args[6], fn.args[7])
-        _qconv_image(ce, k, lay, vnni, x_nhwc, *fn.args[:6])
+        _qconv_image(ce, k, lay, dot, x_nhwc, *fn.args[:6])
         ce.finish()
         return fn
     key = ("qconv", k.kernel, g.c, g.h, g.w, g.m, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pads,
-           g.groups, s, lay, vnni, x_nhwc, y_nhwc)
+           g.groups, s, lay, dot, x_nhwc, y_nhwc)
     core = mb.core(key, make)
 
     def image(n):
@@ -505,7 +571,7 @@ def emit_qconv(mb, e: cg.Emitter, node, k) -> None:
     e.loop(g.n, image)
 
 
-def _qconv_image(e: cg.Emitter, k, lay: QConvLayout, vnni: bool, x_nhwc: bool, xi, yi, w, q, xs_buf,
+def _qconv_image(e: cg.Emitter, k, lay: QConvLayout, dot: str, x_nhwc: bool, xi, yi, w, q, xs_buf,
                  ys_buf) -> None:
     """One image of a qconv/qgemm: staging, the tiles, the output conversion."""
     g, s = k.geometry, k.schedule
@@ -522,7 +588,7 @@ def _qconv_image(e: cg.Emitter, k, lay: QConvLayout, vnni: bool, x_nhwc: bool, x
     if s.kind == "depthwise":
         depthwise_tiles(e, k, lay, src, dst, w, q)
     else:
-        gemm_tiles(e, k, lay, src, dst, w, q, vnni)
+        gemm_tiles(e, k, lay, src, dst, w, q, dot)
     if lay.y_bytes:
         nhwc_to_nchw(e, dst, yi, g.m, g.oh * g.ow)
 
@@ -530,7 +596,8 @@ def _qconv_image(e: cg.Emitter, k, lay: QConvLayout, vnni: bool, x_nhwc: bool, x
 def pack_qconv(node, k, host) -> dict[str, np.ndarray]:
     """The packed weights ("w") and per-channel [bias − zx·Σw, M, shift] ("q") of a qconv/qgemm."""
     g, s = k.geometry, k.schedule
-    vnni = use_vnni(host)
+    dot = int8_dot(host)
+    vnni = dot in _BYTE_LAYOUT
     lay = qconv_layout(k, vnni)
     cp_ = conv_params(node)
     w = cp_.w  # [M, Cg, KH, KW] int64
@@ -551,7 +618,8 @@ def pack_qconv(node, k, host) -> dict[str, np.ndarray]:
     wt = wt.reshape(groups, panels, nr, taps, lay.cgk // lay.kg, lay.kg).transpose(0, 1, 3, 4, 2, 5)
     wp = np.ascontiguousarray(wt).astype(np.int8 if vnni else np.int16)
     qp = np.zeros((Q_ROWS, groups, panels * nr), np.int64)
-    for part, vals in enumerate((cp_.bias, cp_.multiplier, cp_.shift, cp_.rounding)):
+    bias = cp_.bias + 128 * w.reshape(w.shape[0], -1).sum(axis=1) if dot == "dotprod" else cp_.bias
+    for part, vals in enumerate((bias, cp_.multiplier, cp_.shift, cp_.rounding)):
         qp[part, :, :mg] = vals.reshape(groups, mg)
     qp = qp.reshape(Q_ROWS, groups, panels, nr).transpose(1, 2, 0, 3).astype(np.int32)
     return {"w": wp, "q": qp}

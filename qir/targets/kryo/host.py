@@ -103,8 +103,10 @@ NEON = VectorISA("neon", lanes=4, registers=32)
 def aarch64_host() -> Host:
     """AArch64 Linux with NEON, tuned for Cortex-A76 (≈ Kryo 4xx/5xx Gold cores).
 
-    Only fp32 NEON is generated (no dotprod/fp16 instructions); the digits model built this way
-    also ran under ``qemu-aarch64 -cpu cortex-a53`` (Armv8.0). Cross-compiled, never run here."""
+    fp32 NEON, and int8 with plain vector IR (NEON smull/smlal) by default, so builds run on
+    Armv8.0 cores too (checked under ``qemu-aarch64 -cpu cortex-a53``); ``QIR_KRYO_INT8_DOT=
+    dotprod`` (sdot, Cortex-A76) or ``i8mm`` (usdot) select the dot-product instructions.
+    Cross-compiled, never run here."""
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
     return Host("cortex-a76", "+neon", NEON, "aarch64-unknown-linux-gnu")

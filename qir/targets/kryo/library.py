@@ -28,12 +28,14 @@ The output is deterministic: the same graph gives the same bytes (no build id, f
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+import attrs
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
@@ -52,7 +54,7 @@ ABI_VERSION = 1
 HEADER = Path(__file__).with_name("model_abi.h")
 
 #: Architecture name → code generation host.
-ARCHES: dict[str, Callable[[], Host]] = {"x86_64": lambda: host(), "aarch64": aarch64_host}
+ARCHES: dict[str, Callable[[], Host]] = {"x86_64": lambda: host(), "aarch64": lambda: _aarch64()}
 #: Where each architecture's C libraries live (for DT_NEEDED entries); missing ones are skipped.
 _LIBDIRS = {"x86_64": ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64"],
             "aarch64": ["/usr/aarch64-linux-gnu/lib", "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]}
@@ -67,6 +69,15 @@ I32 = ir.IntType(32)
 I8 = ir.IntType(8)
 #: struct qir_tensor_spec {const char *name; int32_t dtype, rank; const int64_t *dims; int64_t nbytes;}
 SPEC = ir.LiteralStructType([cg.I8P, I32, I32, cg.I8P, cg.I64])
+
+
+def _aarch64() -> Host:
+    """The AArch64 host; ``QIR_KRYO_INT8_DOT=dotprod`` adds the Armv8.2 dot product extension
+    (int8 convs/matmuls use ``sdot``; Cortex-A76 has it), ``=i8mm`` the Armv8.6 i8mm one (``usdot``;
+    the code then needs such a CPU, e.g. ``qemu-aarch64 -cpu max``). Default: plain NEON (Armv8.0)."""
+    h = aarch64_host()
+    extra = {"dotprod": ",+dotprod", "i8mm": ",+i8mm"}.get(os.environ.get("QIR_KRYO_INT8_DOT", ""))
+    return attrs.evolve(h, features=h.features + extra) if extra else h
 
 
 def build_model_library(graph: Graph, out_path, *, arch: str = "x86_64", kind: str = "shared") -> Path:
@@ -132,7 +143,7 @@ def emit_object(lowered: LoweredGraph, h: Host) -> bytes:
     """The object file of ``lowered`` for ``h``: kryo code (1 thread), weights and the ABI."""
     module, _segs = ModuleBuilder(lowered, h, num_threads=1).build()
     _check_intrinsics(module, h)
-    _AbiBuilder(module, lowered).build()
+    _AbiBuilder(module, lowered, h).build()
     mod = llvm.parse_assembly(str(module))
     mod.verify()
     tm = target_machine(h, codemodel="small")
@@ -158,8 +169,9 @@ def _check_intrinsics(module: ir.Module, h: Host) -> None:
 class _AbiBuilder:
     """Adds the model_abi.h functions to a kryo module and hides everything else."""
 
-    def __init__(self, module: ir.Module, lowered: LoweredGraph):
+    def __init__(self, module: ir.Module, lowered: LoweredGraph, h: Host):
         self.m = module
+        self.host = h
         self.lw = lowered
         self.graph = lowered.graph
         self._n = 0
@@ -195,7 +207,7 @@ class _AbiBuilder:
     def _weights(self) -> ir.Value:
         if self.lw.weights_size == 0:
             return ir.Constant(cg.I8P, None)
-        blob = pack_weights(self.lw).astype("<f4").tobytes()  # little-endian on both arches
+        blob = pack_weights(self.lw, self.host).astype("<f4").tobytes()  # little-endian on both arches
         t = ir.ArrayType(I8, len(blob))
         return self._global("qir_weights", ir.Constant(t, bytearray(blob)), 64).bitcast(cg.I8P)
 

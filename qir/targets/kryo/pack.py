@@ -116,8 +116,10 @@ def _trailing_rank(node: Node) -> int:
     return rank - axis
 
 
-def pack_weights(lowered: LoweredGraph) -> np.ndarray:
-    """The packed-weights blob of ``lowered`` (float32, 64-byte aligned start)."""
+def pack_weights(lowered: LoweredGraph, code_host=None) -> np.ndarray:
+    """The packed-weights blob of ``lowered`` (float32, 64-byte aligned start); ``code_host``: the
+    Host the code is generated for (default: this machine at ``lowered.isa``; cross builds pass
+    theirs, since integer weight layouts depend on the host's dot-product path)."""
     raw = np.zeros(lowered.weights_size + 16, np.float32)
     start = (-raw.ctypes.data % 64) // 4
     blob = raw[start:start + lowered.weights_size]
@@ -126,7 +128,7 @@ def pack_weights(lowered: LoweredGraph) -> np.ndarray:
     for (name, key), slot in lowered.weights.items():
         node, k = by_node[name], lowered.kernels[name]
         if k.kernel in cg8.PACKERS:  # integer kernels: bytes in float32 words
-            arrays = cg8.PACKERS[k.kernel](node, k, host(lowered.isa.name))
+            arrays = cg8.PACKERS[k.kernel](node, k, code_host or host(lowered.isa.name))
             blob[slot.offset:slot.offset + slot.size] = cg8.pack_bytes(arrays, key, slot.size)
             continue
         if name not in packed:  # once per node, not per slot (VGG's FC weights are 400 MB)

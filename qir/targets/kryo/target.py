@@ -141,8 +141,10 @@ def specialize(graph: Graph, shapes: tuple[tuple[int, ...], ...]) -> Graph:
 def build(graph: Graph, h: Host, options: CompileOptions) -> tuple[LoweredGraph, bytes, list[str]]:
     """Lower ``graph`` (static shapes) and get its object code from the cache or by codegen."""
     lowered = lower_graph(graph, h.isa)
+    from qir.targets.kryo.codegen_int8 import int8_dot
+
     key = cache.cache_key(serialize.dumps(graph), "kryo", CODEGEN_VERSION, h.cpu, h.features, h.isa.name,
-                          h.triple, options.num_threads)
+                          h.triple, options.num_threads, int8_dot(h))
     hit = cache.get(key)
     if hit is not None:
         STATS["cache_hits"] += 1
