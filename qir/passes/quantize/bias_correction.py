@@ -36,7 +36,7 @@ corrected.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from qir.ir.interpreter import Interpreter
 from qir.ir.opdef import call_kernel, conform, get_op
 from qir.ir.ops.fused import apply_activation
 from qir.passes.quantize.params import fake_quantize, weight_params
+from qir.passes.cleanup import graph_tree
 
 __all__ = ["correct_bias", "weight_axis", "fake_quantized_weights"]
 
@@ -209,17 +210,10 @@ def _last_uses(graph: Graph) -> dict[int, int]:
                 for v in inner.inputs:
                     if v is not None:
                         last[id(v)] = i
-            for g in _tree(sub):
+            for g in graph_tree(sub):
                 for v in g.outputs:
                     last[id(v)] = i
     return last
-
-
-def _tree(graph: Graph) -> Iterable[Graph]:
-    yield graph
-    for node in graph.nodes:
-        for sub in node.subgraphs():
-            yield from _tree(sub)
 
 
 def _progress(items: list, enabled: bool, layers: int):

@@ -32,6 +32,7 @@ from qir.ir.serialize import dumps, write_atomic
 from qir.ir.types import DType, TensorType
 from qir.passes.quantize.dataset import load_calibration_set
 from qir.passes.quantize.observers import DEFAULT_BINS, StatsCollector, TensorStats, compute_range
+from qir.passes.cleanup import graph_tree
 
 log = logging.getLogger(__name__)
 
@@ -165,18 +166,12 @@ def _observed_values(graph: Graph, names: Iterable[str] | None) -> dict[int, str
         candidates = list(graph.inputs) + [v for node in graph.nodes for v in node.outputs]
         return {id(v): v.name for v in candidates if _may_be_float(v)}
     wanted = list(dict.fromkeys(names))
-    by_name = {v.name: v for g in _graphs(graph) for v in g.values()}
+    by_name = {v.name: v for g in graph_tree(graph) for v in g.values()}
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
         raise QirError(f"calibration: no values named {unknown} in graph {graph.name!r}",
                        hint="name graph inputs or node outputs (the source model's tensor names)")
     return {id(by_name[n]): n for n in wanted}
-
-
-def _graphs(graph: Graph) -> Iterator[Graph]:
-    yield graph
-    for node in graph.walk():
-        yield from node.subgraphs()
 
 
 def _may_be_float(value: Value) -> bool:

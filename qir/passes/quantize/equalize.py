@@ -34,14 +34,13 @@ Weights are never mutated: every changed weight or bias becomes a new constant
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import attrs
 import numpy as np
 
 from qir.ir.graph import Graph, Node, Value
 from qir.ir.ops.fused import activation_of
 from qir.passes.registry import Pass, register_pass
+from qir.passes.cleanup import graph_tree
 
 __all__ = ["EqualizeCrossLayer", "equalize_cross_layer"]
 
@@ -80,7 +79,7 @@ def equalize_cross_layer(graph: Graph, *, max_rounds: int = 100, tolerance: floa
     relu first, as AIMET does (this changes the float model; off by default).
     """
     pairs = 0
-    for g in _graph_tree(graph):
+    for g in graph_tree(graph):
         sets = _find_sets(g, replace_relu6)
         if not sets:
             continue
@@ -96,13 +95,6 @@ def equalize_cross_layer(graph: Graph, *, max_rounds: int = 100, tolerance: floa
         weights.write_back(g)
         pairs += sum(len(s.layers) - 1 for s in sets)
     return pairs
-
-
-def _graph_tree(graph: Graph) -> Iterator[Graph]:
-    yield graph
-    for node in graph.nodes:
-        for sub in node.subgraphs():
-            yield from _graph_tree(sub)
 
 
 # -- layers: how weights map to channels ---------------------------------------------------
