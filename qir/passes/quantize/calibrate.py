@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator
 import attrs
 import numpy as np
 
+from qir import cache as qir_cache
 from qir.errors import ExecutionError, ModelLoadError, QirError
 from qir.ir.graph import Graph, Value
 from qir.ir.interpreter import Interpreter
@@ -230,14 +231,9 @@ _memory: "collections.OrderedDict[str, CalibrationTable]" = collections.OrderedD
 
 
 def cache_dir() -> Path:
-    """Where calibration tables are cached: ``$QIR_CACHE_DIR/calibration``, else
-    ``$XDG_CACHE_HOME/qir/calibration`` (``~/.cache/qir/calibration``)."""
-    root = os.environ.get("QIR_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "calibration"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "qir" / "calibration"
+    """Where calibration tables are cached (qir.cache: ``$QIR_CACHE_DIR/calibration``, else
+    ``~/.cache/qir/calibration``)."""
+    return qir_cache.cache_dir("calibration")
 
 
 def clear_memory_cache() -> None:
@@ -262,9 +258,9 @@ def _cache_get(key: str) -> CalibrationTable | None:
     except QirError as exc:
         # A torn or foreign file: drop it; the caller recalibrates and writes a good one.
         log.warning("ignoring unreadable calibration cache file %s: %s", path, exc.message)
-        _unlink(path)
+        qir_cache.unlink(path)
         return None
-    _touch(path)
+    qir_cache.touch(path)
     _remember(table)
     return table.copy()
 
@@ -275,7 +271,7 @@ def _cache_put(table: CalibrationTable) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         write_atomic(directory / f"{table.key}.npz", _to_bytes(table))
-        _evict(directory, CACHE_LIMIT_BYTES)
+        qir_cache.evict(directory, "*.npz", CACHE_LIMIT_BYTES)
     except (OSError, QirError) as exc:
         # The cache only saves time; an unwritable one must not fail the compile.
         log.warning("cannot write the calibration cache in %s: %s", directory,
@@ -287,38 +283,6 @@ def _remember(table: CalibrationTable) -> None:
     _memory.move_to_end(table.key)
     while len(_memory) > MEMORY_CACHE_ENTRIES:
         _memory.popitem(last=False)
-
-
-def _evict(directory: Path, limit: int) -> None:
-    """Delete the least recently used cache files until the folder holds at most ``limit`` bytes."""
-    files = []
-    for path in directory.glob("*.npz"):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        files.append((st.st_mtime_ns, path.name, st.st_size, path))
-    files.sort()
-    total = sum(f[2] for f in files)
-    for _, _, size, path in files:
-        if total <= limit:
-            break
-        _unlink(path)
-        total -= size
-
-
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 # -- table files -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The on-disk compile cache: object files keyed by sha256 of (graph, target, options, host).
 
-Location: ``$QIR_CACHE_DIR/kryo`` or ``~/.cache/qir/kryo``. Size cap: ``$QIR_CACHE_MAX_BYTES``
+Location: ``$QIR_CACHE_DIR/kryo`` or ``~/.cache/qir/kryo`` (qir.cache). Size cap: ``$QIR_CACHE_MAX_BYTES``
 (default 512 MiB); after a write, the least recently used entries beyond the cap are removed.
 Writes are atomic (temp file + rename), so a crash never leaves a half object behind; an entry
 that fails to read is treated as a miss.
@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from qir import cache as qir_cache
+from qir.errors import QirError
+from qir.ir.serialize import write_atomic
 
 DEFAULT_CAP = 512 * 2**20
 
 
 def cache_dir() -> Path:
     """Where kryo keeps compiled objects."""
-    base = os.environ.get("QIR_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "qir") / "kryo"
+    return qir_cache.cache_dir("kryo")
 
 
 def cache_key(graph_bytes: bytes, *parts: object) -> str:
@@ -40,10 +42,7 @@ def get(key: str) -> tuple[bytes, list[str]] | None:
         return None
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         return None
-    try:
-        os.utime(path)  # LRU order
-    except OSError:
-        pass
+    qir_cache.touch(path)
     return data, list(meta["segments"])
 
 
@@ -52,45 +51,15 @@ def put(key: str, obj: bytes, segments: list[str]) -> None:
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
-        _atomic(d / f"{key}.json", json.dumps({"sha256": hashlib.sha256(obj).hexdigest(),
-                                                "segments": segments}).encode())
-        _atomic(d / f"{key}.o", obj)
+        write_atomic(d / f"{key}.json", json.dumps({"sha256": hashlib.sha256(obj).hexdigest(),
+                                                    "segments": segments}).encode())
+        write_atomic(d / f"{key}.o", obj)
         trim(int(os.environ.get("QIR_CACHE_MAX_BYTES", DEFAULT_CAP)))
-    except OSError:
+    except (OSError, QirError):
         pass
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def trim(cap: int) -> None:
-    """Remove least recently used objects until the cache holds at most ``cap`` bytes."""
-    d = cache_dir()
-    entries = []
-    for p in d.glob("*.o"):
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        entries.append((st.st_mtime, st.st_size, p))
-    total = sum(size for _, size, _ in entries)
-    for _, size, p in sorted(entries):
-        if total <= cap:
-            break
-        for q in (p, p.with_suffix(".json")):
-            try:
-                q.unlink()
-            except OSError:
-                pass
-        total -= size
+    """Remove least recently used objects (and their metadata) until the cache holds at most
+    ``cap`` bytes of objects."""
+    qir_cache.evict(cache_dir(), "*.o", cap, companions=(".json",))
