@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -112,27 +108,11 @@ def apply_input_dims(graph, pairs: Sequence[tuple[str, str]]):
 
 # -- atomic writes -------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path named like ``path`` in a fresh folder beside it; on success every
-    file written in that folder (e.g. a weights sidecar too) is renamed into place, else none is.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OptionError(f"{path}: the folder {parent} does not exist")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    try:
-        yield tmpdir / path.name
-        for item in sorted(tmpdir.iterdir()):
-            os.replace(item, parent / item.name)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
+    """OUT is complete or untouched (qir.ir.serialize.write_atomic)."""
+    from qir.ir.serialize import write_atomic
+
+    write_atomic(path, data)
 
 
 # -- formatting ----------------------------------------------------------------------------
