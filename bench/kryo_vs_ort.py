@@ -94,12 +94,15 @@ def mobilenetv2():
     return nn.Sequential(*layers)
 
 
-def transformer():
-    """An encoder block (pre-LayerNorm, 4 heads, GELU MLP), d 256, for sequences of 128."""
+def transformer(d: int = 256, h: int = 4, f: int = 1024):
+    """An encoder block (pre-LayerNorm, ``h`` heads, GELU MLP of width ``f``), width ``d``; the
+    benchmark runs d 256 on sequences of 128."""
     import torch
 
+    width, heads, hidden = d, h, f
+
     class Block(torch.nn.Module):
-        def __init__(self, d=256, h=4, f=1024):
+        def __init__(self, d=width, h=heads, f=hidden):
             super().__init__()
             self.h, self.ln1, self.ln2 = h, torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
             self.qkv, self.o = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)

@@ -36,8 +36,8 @@ def test_model_op_sets_are_in_the_conformance_selection():
         assert ops <= MODEL_OPS, (path.name, ops - MODEL_OPS)
 
 
-def _bench_models(directory) -> dict[str, str]:
-    """ResNet-18, MobileNetV2 and the transformer block of bench/kryo_vs_ort.py, exported there."""
+def bench_module():
+    """bench/kryo_vs_ort.py, whose torch models the kryo tests share."""
     import importlib.util
     from pathlib import Path
 
@@ -46,6 +46,12 @@ def _bench_models(directory) -> dict[str, str]:
     spec = importlib.util.spec_from_file_location("kryo_vs_ort", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def _bench_models(directory) -> dict[str, str]:
+    """ResNet-18, MobileNetV2 and the transformer block of bench/kryo_vs_ort.py, exported there."""
+    bench = bench_module()
     return {name: bench.export(name, str(directory)) for name in ("resnet18", "mobilenetv2", "transformer")}
 
 

@@ -224,21 +224,9 @@ def test_transformer_block_matches_onnxruntime(isa):
     torch = pytest.importorskip("torch")
     ort = pytest.importorskip("onnxruntime")
 
-    class Block(torch.nn.Module):
-        def __init__(self, d=64, h=4, f=128):
-            super().__init__()
-            self.h, self.ln1, self.ln2 = h, torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
-            self.qkv, self.o = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
-            self.f1, self.f2, self.act = torch.nn.Linear(d, f), torch.nn.Linear(f, d), torch.nn.GELU()
+    from tests.targets.kryo.test_light_models import bench_module
 
-        def forward(self, x):
-            b, t, d = x.shape
-            q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-            q, k, v = [z.reshape(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v)]
-            a = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, dim=-1) @ v
-            x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
-            return x + self.f2(self.act(self.f1(self.ln2(x))))
-
+    block = bench_module().transformer(d=64, h=4, f=128)
     import io
     import warnings
 
@@ -247,7 +235,7 @@ def test_transformer_block_matches_onnxruntime(isa):
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the tracer notes that split sizes become constants
         warnings.simplefilter("ignore")
-        torch.onnx.export(Block().eval(), (x,), buf, input_names=["x"], output_names=["y"], opset_version=17,
+        torch.onnx.export(block.eval(), (x,), buf, input_names=["x"], output_names=["y"], opset_version=17,
                           dynamo=False)
     model = onnx.load_from_string(buf.getvalue())
     want = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
