@@ -381,8 +381,16 @@ def _ma_minmax(stats: TensorStats, bitwidth, symmetric, percentile, momentum):
 
 
 def _abs_args(stats: TensorStats):
-    counts, width = stats.abs_hist()
-    return counts, 0, width
+    """(hist, first, width) of |x| at the histogram's own width: bin i < 0 folds onto -i-1.
+    The folded bins span no more than the raw ones, so (unlike ``abs_hist``, which goes
+    through the zero view) no merging is needed and quantiles keep the full resolution."""
+    if not stats.hist.size:
+        return np.zeros(0, np.int64), 0, stats.hist_width
+    index = stats.hist_first + np.arange(stats.hist.size, dtype=np.int64)
+    folded = np.where(index >= 0, index, -index - 1)
+    low = int(folded.min())
+    counts = np.bincount(folded - low, weights=stats.hist.astype(np.float64)).round().astype(np.int64)
+    return counts, low, stats.hist_width
 
 
 def _hist_quantile(hist: np.ndarray, first: int, width: float, q: float) -> float:
