@@ -236,20 +236,30 @@ class Lowering:
 
 # -- rules ----------------------------------------------------------------------------------
 
+def integer_clamp(qp: QuantParams, low: float | None, high: float | None) -> tuple[int, int]:
+    """The integer bounds standing for clamping reals to [low, high] (None or ±inf: open),
+    within ``qp``'s type range."""
+    lo, hi = qrange(qp)
+    z, s = qp.zero_point[0], qp.scale[0]
+
+    def code(real: float | None, default: int) -> int:
+        if real is None or not np.isfinite(real):
+            return default
+        return int(np.clip(np.rint(real / s) + z, lo, hi))  # clipped in float: never overflows
+
+    return code(low, lo), code(high, hi)
+
+
 def _clamp_of(node: Node, qp: QuantParams) -> tuple[int, int] | None:
     """The integer clamp standing for a fused ReLU/clip epilogue; None for no epilogue."""
     activation = node.attrs.get("activation", "none")
     if activation == "none":
         return None
-    lo, hi = qrange(qp)
-    z, s = qp.zero_point[0], qp.scale[0]
     if activation == "relu":
-        return max(lo, z), hi
+        return integer_clamp(qp, 0.0, None)
     if activation == "clip":
         low, high = (tuple(node.attrs.get("activation_params", ())) + (-np.inf, np.inf))[:2]
-        qlow = lo if low == -np.inf else max(lo, int(np.rint(low / s)) + z)
-        qhigh = hi if high == np.inf else min(hi, int(np.rint(high / s)) + z)
-        return qlow, qhigh
+        return integer_clamp(qp, low, high)
     raise QirError(f"node {node.name}: the {activation} epilogue has no integer clamp")
 
 
@@ -467,17 +477,13 @@ def _pass_through(lw: Lowering, node: Node) -> list[Value] | None:
 @rule("nn.relu", "elementwise.clip")
 def _clamp(lw: Lowering, node: Node) -> list[Value] | None:
     q = lw.quantized(node.inputs[0])
-    qp = q.type.quant
-    lo, hi = qrange(qp)
-    z, s = qp.zero_point[0], qp.scale[0]
     if node.op == "nn.relu":
-        low, high = max(lo, z), hi
+        low, high = integer_clamp(q.type.quant, 0.0, None)
     else:
         bounds = [None if v is None else v.const for v in (list(node.inputs) + [None, None])[1:3]]
         if any(v is not None and b is None for v, b in zip(node.inputs[1:3], bounds)):
             return None
-        low = lo if bounds[0] is None else max(lo, int(np.rint(float(bounds[0]) / s)) + z)
-        high = hi if bounds[1] is None else min(hi, int(np.rint(float(bounds[1]) / s)) + z)
+        low, high = integer_clamp(q.type.quant, *(None if b is None else float(b) for b in bounds))
     dtype = q.type.dtype.numpy
     new = lw.graph.add_node("elementwise.clip", [q, lw.constant(low, f"{node.name}_min", dtype),
                                                  lw.constant(high, f"{node.name}_max", dtype)],

@@ -59,7 +59,7 @@ from qir.ir.ops.qint import type_range
 from qir.ir.types import DType, QuantParams, TensorType
 from qir.passes.cleanup import dead_code_elimination
 from qir.passes.quantize.lower import (LOOKUP_OPS, PASS_THROUGH, average_shift, headroom,
-                                      headroom_shift, type_of)
+                                      headroom_shift, integer_clamp, type_of)
 from qir.passes.quantize.params import dequantize_array, qdtype, qrange, quantize_array
 from qir.passes.registry import Pass, register_pass
 
@@ -183,14 +183,7 @@ def clamp_codes(op: str, bounds: tuple, qp: QuantParams) -> tuple[int, int] | No
     """Output codes [lo, hi] of Relu (``bounds`` ignored) or Clip(min, max) (float constants or
     None) in front of a quantization with ``qp``: quantization is monotone, so clamping the real
     values and clamping the codes agree."""
-    lo, hi = qrange(qp)
-    z, s = qp.zero_point[0], qp.scale[0]
-    if op == "nn.relu":
-        return max(lo, z), hi
-    low, high = bounds
-    qlow = lo if low is None else max(lo, int(np.rint(float(low) / s)) + z)
-    qhigh = hi if high is None else min(hi, int(np.rint(float(high) / s)) + z)
-    return qlow, qhigh
+    return integer_clamp(qp, 0.0, None) if op == "nn.relu" else integer_clamp(qp, *bounds)
 
 
 def _clamp_bounds(node: Node) -> tuple | None:
